@@ -1,0 +1,89 @@
+"""One SMTP connection to the backend MTA: connect, greeting, command and reply."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .config import Endpoint
+from .smtp.replies import Reply, ReplyError, ReplyParser
+
+READ_SIZE = 65536
+
+
+class BackendFailure(Exception):
+    """The backend could not be reached, or stopped behaving like an SMTP server."""
+
+
+class BackendLink:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply_timeout: float) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._parser = ReplyParser()
+        self.reply_timeout = reply_timeout
+
+    @classmethod
+    async def open(
+        cls, endpoint: Endpoint, source: str | None, connect_timeout: float, reply_timeout: float
+    ) -> tuple[BackendLink, Reply]:
+        """Connect (from ``source`` if given) and read a 220 greeting, all within ``connect_timeout``."""
+        writer = None
+        try:
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    endpoint.host, endpoint.port, local_addr=(source, 0) if source else None
+                )
+                link = cls(reader, writer, reply_timeout)
+                greeting = await link._read_reply()
+        except TimeoutError:
+            if writer is not None:
+                writer.transport.abort()
+            raise BackendFailure(f"no greeting from {endpoint} within {connect_timeout:g}s") from None
+        except OSError as error:
+            if writer is not None:
+                writer.transport.abort()
+            raise BackendFailure(f"connect to {endpoint} failed: {error.strerror or error}") from None
+        except BackendFailure:
+            writer.transport.abort()
+            raise
+        if greeting.code != 220:
+            link.close()
+            raise BackendFailure(f"backend greeted with {greeting}")
+        return link, greeting
+
+    async def command(self, line: bytes) -> Reply:
+        self._writer.write(line + b"\r\n")
+        return await self.reply()
+
+    async def reply(self) -> Reply:
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                return await self._read_reply()
+        except TimeoutError:
+            raise BackendFailure(f"no reply from the backend within {self.reply_timeout:g}s") from None
+
+    async def _read_reply(self) -> Reply:
+        while True:
+            try:
+                done = self._parser.next_reply()
+            except ReplyError as error:
+                raise BackendFailure(f"backend sent a malformed reply: {error}") from None
+            if done is not None:
+                return done
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except OSError as error:
+                raise BackendFailure(f"backend connection failed: {error.strerror or error}") from None
+            if not data:
+                raise BackendFailure("backend closed the connection")
+            self._parser.feed(data)
+
+    async def send(self, data: bytes) -> None:
+        """Write message text, waiting while the backend's socket buffer is full."""
+        self._writer.write(data)
+        try:
+            await self._writer.drain()
+        except OSError as error:
+            raise BackendFailure(f"backend connection failed: {error.strerror or error}") from None
+
+    def close(self) -> None:
+        self._writer.transport.abort()

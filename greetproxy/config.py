@@ -1,0 +1,189 @@
+"""The one typed configuration object, built once from ``GREETPROXY_*`` environment variables.
+
+Nothing else in greetproxy reads the environment. A bad value raises :class:`ConfigError`
+whose message names the variable, the value and what was expected, on one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "GREETPROXY_"
+MAX_GREET_PAUSE = 300.0
+# sendmail hard-codes relaying for a client at 127.0.0.1, so the proxy never connects from there by default.
+DEFAULT_LOOPBACK_SOURCE = "127.0.0.2"  # RFC 5321 4.5.3.2.1: clients wait 5 minutes for the greeting
+
+
+class ConfigError(Exception):
+    """A configuration value is unusable; the message is meant for the administrator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``500ms``, ``2.5s``, ``3`` (seconds), ``10m``, ``1h``, ``1d`` -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("expected a duration such as 500ms, 2.5s or 3 (seconds)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("expected a duration that is not negative")
+    return seconds
+
+
+def _ip_literal(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def parse_endpoint(value: object) -> Endpoint:
+    """``127.0.0.1:25`` or ``[::1]:25``; the host must be an IP address."""
+    text = str(value).strip()
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError("expected host:port, with IPv6 as [addr]:port")
+    host, port = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+    port_number = int(port)
+    if not 0 < port_number < 65536:
+        raise ValueError("expected a port from 1 to 65535")
+    return Endpoint(_ip_literal(host), port_number)
+
+
+def parse_endpoint_list(value: object) -> tuple[Endpoint, ...]:
+    if isinstance(value, tuple | list):
+        return tuple(item if isinstance(item, Endpoint) else parse_endpoint(item) for item in value)
+    parts = [part for part in str(value).split(",") if part.strip()]
+    if not parts:
+        raise ValueError("expected at least one host:port")
+    return tuple(parse_endpoint(part) for part in parts)
+
+
+def parse_ip(value: object) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    return _ip_literal(str(value).strip())
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseModel):
+    """Every setting greetproxy has; the field ``foo_bar`` is the variable ``GREETPROXY_FOO_BAR``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    listen: Annotated[tuple[Endpoint, ...], BeforeValidator(parse_endpoint_list)] = Field(
+        default=(Endpoint("0.0.0.0", 25),), description="addresses to accept SMTP clients on"
+    )
+    backend: Annotated[Endpoint, BeforeValidator(parse_endpoint)] = Field(
+        default=Endpoint("127.0.0.1", 10025), description="the real MTA (sendmail) that accepted sessions go to"
+    )
+    backend_source: Annotated[str | None, BeforeValidator(parse_ip)] = Field(
+        default=None,
+        description="source address for backend connections, one the backend does not trust "
+        f"(default {DEFAULT_LOOPBACK_SOURCE} for a 127/8 backend; sendmail trusts 127.0.0.1)",
+    )
+    greet_pause: Duration = Field(default=5.0, description="how long to hold the banner back; 0 disables")
+    greet_banner: str | None = Field(
+        default=None, description="teaser text: send `220-<hostname> <text>` at once, the final 220 after"
+    )
+    pregreet_action: Literal["drop", "enforce", "ignore"] = Field(
+        default="drop", description="what to do with a client that talks before the banner"
+    )
+    hostname: str = Field(default_factory=socket.getfqdn, description="name in the banner and Received")
+    max_connections: int = Field(default=10000, ge=1, description="open client connections at most")
+    command_timeout: Duration = Field(default=300.0, description="idle time allowed to a client or backend")
+    backend_connect_timeout: Duration = Field(default=10.0, description="connect plus greeting from backend")
+    max_errors: int = Field(default=10, ge=1, description="error replies before a client is cut off")
+    shutdown_grace: Duration = Field(default=30.0, description="time live sessions get to finish on SIGTERM")
+    allow_open_backend: bool = Field(default=False, description="start even if the backend relays for us")
+    log_format: Literal["json", "console"] = Field(default="json", description="log line format on stdout")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="lowest level")
+
+    @model_validator(mode="after")
+    def _untrusted_loopback_source(self) -> Settings:
+        if self.backend_source is None and self.backend.host.startswith("127."):
+            object.__setattr__(self, "backend_source", DEFAULT_LOOPBACK_SOURCE)
+        return self
+
+    @field_validator("greet_pause")
+    @classmethod
+    def _pause_within_rfc_limit(cls, value: float) -> float:
+        if value > MAX_GREET_PAUSE:
+            raise ValueError("expected a duration of at most 300s (clients give up on the greeting after 5m)")
+        return value
+
+    @field_validator("command_timeout", "backend_connect_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("expected a duration above 0")
+        return value
+
+    @field_validator("hostname")
+    @classmethod
+    def _plain_hostname(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+            raise ValueError("expected a host name of letters, digits, dots and dashes")
+        return value
+
+    @field_validator("greet_banner")
+    @classmethod
+    def _printable_banner(cls, value: str | None) -> str | None:
+        if value is not None and not all(" " <= char <= "~" for char in value):
+            raise ValueError("expected printable ASCII text without line breaks")
+        return value or None
+
+
+def variable_names() -> list[str]:
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``environ`` (default: the process environment)."""
+    environ = os.environ if environ is None else environ
+    known = set(variable_names())
+    for name in sorted(environ):
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            raise ConfigError(f"{name}: unknown variable (known: see README, 'Configuration')")
+    values = {
+        name[len(ENV_PREFIX) :].lower(): value
+        for name, value in environ.items()
+        if name.upper().startswith(ENV_PREFIX)
+    }
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, values)) from None
+
+
+def _describe(error: ValidationError, values: Mapping[str, str]) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    message = first["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+    value = values.get(field, first.get("input"))
+    return f"{ENV_PREFIX}{field.upper()}={value!r}: {message}"

@@ -1,0 +1,149 @@
+"""What the relay and the enforce engine share: reading client lines, replying, ending a session."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .session import Session
+from .smtp.commands import PARAMETER_LINE_LIMIT, line_limit, verb_of
+from .smtp.lines import Ending, Line, LineSplitter
+from .smtp.replies import reply
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+READ_SIZE = 65536
+
+
+class ClientGone(Exception):
+    """The client hung up."""
+
+
+class ClientIdle(Exception):
+    """The client said nothing for the command timeout."""
+
+
+class ShuttingDown(Exception):
+    """The shutdown grace is over."""
+
+
+class ClientDialogue:
+    """A greeted client's side of the conversation; subclasses answer its commands."""
+
+    def __init__(
+        self, proxy: Proxy, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.proxy = proxy
+        self.session = session
+        self.reader = reader
+        self.writer = writer
+        self.hostname = proxy.config.hostname
+        self.lines = LineSplitter(PARAMETER_LINE_LIMIT)
+        self.errors = 0
+        self.reading = False
+        self.stop_requested = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self, greeting: bytes) -> None:
+        self.task = asyncio.current_task()
+        outcome = "error"
+        try:
+            await self._send(greeting)
+            outcome = await self.converse()
+        except ClientIdle:
+            self.session.log.info("timeout", after=self.proxy.config.command_timeout)
+            await self._last_words(421, f"4.4.2 {self.hostname} timeout exceeded, closing transmission channel")
+            outcome = "timeout"
+        except ClientGone:
+            outcome = "client_hangup"
+        except (ShuttingDown, asyncio.CancelledError):
+            await self._last_words(421, f"4.3.2 {self.hostname} service shutting down")
+            outcome = "shutdown"
+        finally:
+            self.close()
+            self.writer.close()
+            self.session.finish(outcome)
+            self.proxy.release(self)
+
+    async def converse(self) -> str:
+        """Answer commands until the session ends; return the outcome."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the subclass holds besides the client connection."""
+
+    def interrupt(self) -> None:
+        """Shutdown: end the session now if it waits for the client, else after the next reply."""
+        self.stop_requested = True
+        if self.reading and self.task is not None:
+            self.task.cancel()
+
+    async def next_command(self) -> tuple[str, Line] | None:
+        """The next well-formed command line; malformed ones are refused here. None: hang-up."""
+        while True:
+            line = await self._next_line()
+            if line is None:
+                return None
+            self.session.commands += 1
+            verb = verb_of(line.text)
+            if line.ending is Ending.TOO_LONG or len(line.text) + 2 > line_limit(verb):
+                await self.refuse(verb, 500, "5.5.2 line too long", "line_too_long")
+            elif line.bare_newline:
+                await self.refuse(verb, 500, "5.5.2 bare CR or LF in command: lines end with CRLF", "bare_newline")
+            else:
+                return verb, line
+
+    async def too_many_errors(self) -> bool:
+        if self.errors < self.proxy.config.max_errors:
+            return False
+        self.session.log.info("reject", code=421, reason="too_many_errors", errors=self.errors)
+        await self._last_words(421, f"4.7.0 {self.hostname} too many errors, closing transmission channel")
+        return True
+
+    async def refuse(self, verb: str, code: int, text: str, reason: str, **fields: object) -> None:
+        self.errors += 1
+        self.session.log.info("reject", code=code, command=verb, reason=reason, by="proxy", **fields)
+        await self._send(reply(code, text))
+
+    async def _last_words(self, code: int, text: str) -> None:
+        if self.writer.transport.is_closing():
+            return
+        try:
+            await self._send(reply(code, text))
+        except ClientGone:
+            pass
+
+    async def _send(self, data: bytes) -> None:
+        self.session.bytes_out += len(data)
+        self.writer.write(data)
+        try:
+            await self.writer.drain()
+        except OSError:
+            raise ClientGone from None
+
+    async def _next_line(self) -> Line | None:
+        while True:
+            line = self.lines.next_line()
+            if line is not None:
+                return line
+            data = await self._read()
+            if not data:
+                return None
+            self.lines.feed(data)
+
+    async def _read(self) -> bytes:
+        if self.stop_requested:
+            raise ShuttingDown
+        self.reading = True
+        try:
+            async with asyncio.timeout(self.proxy.config.command_timeout):
+                data = await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            raise ClientIdle from None
+        except OSError:
+            return b""
+        finally:
+            self.reading = False
+        self.session.bytes_in += len(data)
+        return data

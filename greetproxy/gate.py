@@ -1,0 +1,180 @@
+"""The gate: a small Protocol that holds a new connection through the greet pause.
+
+While a client waits it costs this object, its Session and one timer handle: no task, no
+SMTP engine, no backend connection. When the pause ends the verdict decides where the
+connection goes: dropped, to the enforce engine, or (after the backend greeted) to the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .backend import BackendFailure
+from .enforce import EnforceSession
+from .relay import RelaySession
+from .screening import Action, Finding, decide
+from .screening.pregreet import Pregreet, escape
+from .session import Session
+from .smtp.replies import reply
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+HOLD_LIMIT = 65536  # early-talk bytes kept for replay (ignore) or the enforce engine
+STREAM_LIMIT = 65536
+
+
+def banner(hostname: str) -> bytes:
+    return f"220 {hostname} ESMTP\r\n".encode()
+
+
+class Gate(asyncio.Protocol):
+    __slots__ = ("proxy", "transport", "session", "pregreet", "reported", "held", "timer", "handed")
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.pregreet: Pregreet | None = None
+        self.reported = False
+        self.held = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.handed = False  # the connection belongs to the relay or the enforce engine now
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        self.session = Session(peer[0], peer[1])
+        config = self.proxy.config
+        if not self.proxy.admit(self):
+            self.session.finished = True  # one event says it all under a flood
+            self.session.log.warning("reject", code=421, reason="max_connections", limit=config.max_connections)
+            transport.write(reply(421, f"4.7.0 {config.hostname} too many connections, try again later"))
+            transport.close()
+            return
+        self.session.log.info("connect", local=str(transport.get_extra_info("sockname")[0]))
+        if config.greet_banner:
+            self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(config.greet_pause, self._pause_over)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.bytes_in += len(data)
+        if self.pregreet is None:
+            self.pregreet = Pregreet(after=self.session.age)
+        self.pregreet.add(data)
+        if self.proxy.pregreet_action is Action.DROP:
+            self._report_pregreet()
+            self._refuse(554, "5.5.1 Protocol error: talked before the greeting", "pregreet")
+            return
+        self.held += data
+        if len(self.held) > HOLD_LIMIT:
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handed:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.session.finish("pregreet_hangup" if self.pregreet else "hangup")
+        self.proxy.release(self)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def _findings(self) -> list[Finding]:
+        return [self.pregreet.finding(self.proxy.pregreet_action)] if self.pregreet else []
+
+    def _report_pregreet(self) -> None:
+        if self.pregreet is None or self.reported:
+            return
+        self.reported = True
+        self.session.log.info(
+            "pregreet",
+            bytes=self.pregreet.count,
+            after=round(self.pregreet.after, 3),
+            sample=escape(self.pregreet.sample),
+            action=self.proxy.pregreet_action.name.lower(),
+        )
+
+    def _pause_over(self) -> None:
+        self.timer = None
+        if self.transport.is_closing():
+            return
+        self._report_pregreet()
+        verdict = decide(self._findings())
+        if verdict.action is Action.DROP:
+            self._refuse(554, "5.7.1 Service unavailable", verdict.reason)
+        elif verdict.action is Action.ENFORCE:
+            self._enforce(verdict.reason)
+        else:
+            ignored = [finding.test for finding in verdict.findings]
+            self.session.log.info("pass", waited=round(self.session.age, 3), ignored=ignored)
+            self.proxy.spawn(self._relay())
+
+    def _refuse(self, code: int, text: str, reason: str) -> None:
+        self.session.log.info("reject", code=code, reason=reason, command="CONNECT")
+        self._write(reply(code, text))
+        self.session.finish("rejected")
+        self.transport.close()
+
+    async def _relay(self) -> None:
+        try:
+            link = await self.proxy.open_backend(self.session)
+        except BackendFailure as failure:
+            if self.transport.is_closing():
+                return
+            self.session.log.warning("backend_unavailable", reason=str(failure))
+            self._write(reply(421, f"4.3.2 {self.proxy.config.hostname} service not available, try again later"))
+            self.session.finish("backend_unavailable")
+            self.transport.close()
+            return
+        if self.transport.is_closing():
+            link.close()
+            return
+        verdict = decide(self._findings())  # early talk may have come while the backend greeted
+        if not verdict.passed:
+            link.close()
+            self._report_pregreet()
+            self._enforce(verdict.reason)
+            return
+        reader, writer = self._hand_over()
+        relay = RelaySession(self.proxy, self.session, reader, writer, link)
+        self.proxy.swap(self, relay)
+        await relay.run(greeting=banner(self.proxy.config.hostname))
+
+    def _enforce(self, reason: str) -> None:
+        reader, writer = self._hand_over()
+        engine = EnforceSession(self.proxy, self.session, reader, writer, reason)
+        self.proxy.swap(self, engine)
+        self.proxy.spawn(engine.run(greeting=banner(self.proxy.config.hostname)))
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.session.bytes_out += len(data)
+        self.transport.write(data)
+
+    def _hand_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Move the transport to asyncio streams; held bytes are replayed into the reader."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        self.handed = True
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        if self.held:
+            reader.feed_data(self.held)
+            self.held = b""
+        self.transport.resume_reading()
+        return reader, asyncio.StreamWriter(self.transport, protocol, reader, loop)
+
+    def interrupt(self) -> None:
+        """Shutdown: a client still waiting is told to come back later."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.transport.is_closing():
+            self._write(reply(421, f"4.3.2 {self.proxy.config.hostname} service shutting down"))
+            self.session.finish("shutdown")
+            self.transport.close()

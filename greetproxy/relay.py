@@ -1,0 +1,152 @@
+"""The relay: after the client passed, every command goes to the backend and every reply back.
+
+One task per session, one command at a time, in the order the client sent them (pipelined
+commands keep their order; the backend sees them one by one). Message text streams through
+the BodyScanner in chunks, so memory does not grow with message size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .backend import BackendFailure, BackendLink
+from .dialogue import ClientDialogue, ClientGone
+from .session import Session
+from .smtp.body import LONG_LINE, BodyScanner
+from .smtp.commands import RELAYED_VERBS, address_of, argument_of
+from .smtp.ehlo import filter_ehlo, greeting_line
+from .smtp.received import received_header
+from .smtp.replies import Reply
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+
+class RelaySession(ClientDialogue):
+    def __init__(
+        self,
+        proxy: Proxy,
+        session: Session,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        backend: BackendLink,
+    ) -> None:
+        super().__init__(proxy, session, reader, writer)
+        self.backend = backend
+        self.helo: bytes | None = None
+        self.helo_verb = b"EHLO"
+        self.sender: str | None = None
+        self.recipients = 0
+        self.smtputf8 = False
+
+    def close(self) -> None:
+        self.backend.close()
+
+    async def converse(self) -> str:
+        try:
+            return await self._relay_commands()
+        except BackendFailure as failure:
+            self.session.log.warning("backend_unavailable", reason=str(failure), sender=self.sender)
+            await self._last_words(421, f"4.3.2 {self.hostname} service not available, closing transmission channel")
+            return "backend_failure"
+
+    async def _relay_commands(self) -> str:
+        while True:
+            command = await self.next_command()
+            if command is None:
+                return "client_hangup"
+            verb, line = command
+            if verb not in RELAYED_VERBS:
+                await self.refuse(verb, 502, "5.5.1 command not implemented", "not_relayed")
+            elif verb == "DATA":
+                await self._data(line.text)
+            else:
+                answer = self._observe(verb, line.text, await self.backend.command(line.text))
+                await self._answer(verb, answer, line.text)
+                if verb == "QUIT":
+                    return "quit"
+            if await self.too_many_errors():
+                return "too_many_errors"
+
+    def _observe(self, verb: str, line: bytes, answer: Reply) -> Reply:
+        """Track the transaction and rewrite the greeting replies to name the proxy."""
+        if answer.code >= 300:
+            return answer
+        if verb in ("EHLO", "HELO"):
+            self.helo = argument_of(line)
+            self.helo_verb = verb.encode()
+            self._reset_transaction()
+            if verb == "EHLO":
+                return filter_ehlo(answer, self.hostname, self.session.client_ip)
+            return Reply(answer.code, (greeting_line(self.hostname, self.session.client_ip),))
+        if verb == "MAIL":
+            argument = argument_of(line)
+            self.sender = address_of(argument)
+            self.smtputf8 = b"SMTPUTF8" in argument.upper()
+            self.recipients = 0
+        elif verb == "RCPT":
+            self.recipients += 1
+        elif verb == "RSET":
+            self._reset_transaction()
+        return answer
+
+    def _reset_transaction(self) -> None:
+        self.sender = None
+        self.recipients = 0
+        self.smtputf8 = False
+
+    async def _data(self, line: bytes) -> None:
+        answer = await self.backend.command(line)
+        if answer.code != 354:
+            await self._answer("DATA", answer, line)
+            return
+        await self.backend.send(self._received())
+        await self._answer("DATA", answer, line)
+        scanner = BodyScanner()
+        step = scanner.feed(self.lines.take_buffer())
+        while True:
+            if step.forward:
+                await self.backend.send(step.forward)
+            if step.done:
+                break
+            data = await self._read()
+            if not data:
+                raise ClientGone
+            step = scanner.feed(data)
+        self.lines.feed(step.rest)
+        if scanner.problem is not None:
+            code, status = (500, "5.5.2") if scanner.problem == LONG_LINE else (554, "5.6.0")
+            await self.refuse("DATA", code, f"{status} message refused: {scanner.problem}", scanner.problem)
+            self._reset_transaction()
+            await self._restart_backend()  # it holds half a message that must never be completed
+            return
+        answer = await self.backend.reply()
+        self.session.log.info(
+            "message", sender=self.sender, recipients=self.recipients, size=scanner.size, reply=str(answer)
+        )
+        if answer.code < 300:
+            self.session.messages += 1
+        await self._answer("DATA", answer, line)
+        self._reset_transaction()
+
+    def _received(self) -> bytes:
+        esmtp = self.helo_verb == b"EHLO"
+        protocol = ("UTF8SMTP" if self.smtputf8 else "ESMTP") if esmtp else "SMTP"
+        helo = (self.helo or b"").decode("utf-8", "replace")
+        return received_header(helo, self.session.client_ip, self.hostname, protocol, self.session.id)
+
+    async def _restart_backend(self) -> None:
+        self.backend.close()
+        self.backend = await self.proxy.open_backend(self.session)
+        if self.helo is not None:
+            answer = await self.backend.command(self.helo_verb + b" " + self.helo)
+            if answer.code != 250:
+                raise BackendFailure(f"backend refused {self.helo_verb.decode()} after a restart: {answer}")
+
+    async def _answer(self, verb: str, answer: Reply, line: bytes) -> None:
+        if answer.is_error:
+            self.errors += 1
+            fields = {"address": address_of(argument_of(line))} if verb in ("MAIL", "RCPT") else {}
+            self.session.log.info("reject", code=answer.code, command=verb, reply=answer.text, by="backend", **fields)
+        await self._send(answer.raw)

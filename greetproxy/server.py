@@ -1,0 +1,196 @@
+"""The outer shell: listening sockets, capacity, the open-relay guard, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from .backend import BackendFailure, BackendLink
+from .config import Endpoint, Settings
+from .gate import Gate
+from .guard import RelayStatus, check_relay, open_relay_advice
+from .logs import get_logger
+from .screening import Action
+from .session import Session
+
+RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
+TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
+
+
+class Connection(Protocol):
+    def interrupt(self) -> None: ...
+
+
+class StartupError(Exception):
+    """The proxy cannot start; the message is for the administrator."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Proxy:
+    def __init__(self, config: Settings) -> None:
+        self.config = config
+        self.pregreet_action = Action.named(config.pregreet_action)
+        self.log = get_logger()
+        self.connections: set[Connection] = set()
+        self.relay_checked = False
+        self.exit_status = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- what gates and sessions use ---------------------------------------------------------
+
+    def admit(self, connection: Connection) -> bool:
+        if self._stopping.is_set() or len(self.connections) >= self.config.max_connections:
+            return False
+        self.connections.add(connection)
+        self._idle.clear()
+        return True
+
+    def swap(self, old: Connection, new: Connection) -> None:
+        self.connections.discard(old)
+        self.connections.add(new)
+
+    def release(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._idle.set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            self.log.error("internal_error", error=repr(error), exc_info=error)
+
+    async def open_backend(self, session: Session) -> BackendLink:
+        if not self.relay_checked:
+            raise BackendFailure("the open-relay check of the backend has not passed yet")
+        config = self.config
+        link, _ = await BackendLink.open(
+            config.backend, config.backend_source, config.backend_connect_timeout, config.command_timeout
+        )
+        return link
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        raise_file_limit(self.log)
+        await self._check_relay(first=True)
+        loop = asyncio.get_running_loop()
+        for endpoint in self.config.listen:
+            sock = listening_socket(endpoint)
+            self._servers.append(await loop.create_server(lambda: Gate(self), sock=sock))
+        self.log.info(
+            "listening",
+            listen=[str(endpoint) for endpoint in self.config.listen],
+            backend=str(self.config.backend),
+            backend_source=self.config.backend_source,
+            greet_pause=self.config.greet_pause,
+            pregreet_action=self.config.pregreet_action,
+            max_connections=self.config.max_connections,
+        )
+
+    async def _check_relay(self, first: bool) -> None:
+        check = await check_relay(self.config)
+        if check.status is RelayStatus.OPEN and not self.config.allow_open_backend:
+            advice = open_relay_advice(self.config, check)
+            self.log.error("relay_check", status="open", detail=check.detail)
+            if first:
+                raise StartupError(advice, status=2)
+            print(f"greetproxy: {advice}", file=sys.stderr)
+            self.exit_status = 2
+            self.stop()
+            return
+        if check.status is RelayStatus.UNKNOWN:
+            if first:
+                self.log.warning("relay_check", status="unknown", detail=check.detail, retry=RELAY_CHECK_RETRY)
+                self.spawn(self._retry_relay_check())
+            return
+        self.relay_checked = True
+        self.log.info("relay_check", status=check.status.value, detail=check.detail,
+                      allowed=self.config.allow_open_backend)
+
+    async def _retry_relay_check(self) -> None:
+        while not self.relay_checked and not self._stopping.is_set():
+            await asyncio.sleep(RELAY_CHECK_RETRY)
+            await self._check_relay(first=False)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self) -> int:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        await self._stopping.wait()
+        await self.shutdown()
+        return self.exit_status
+
+    async def shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        waiting = [connection for connection in self.connections if isinstance(connection, Gate)]
+        self.log.info("shutdown", sessions=len(self.connections) - len(waiting), waiting=len(waiting),
+                      grace=self.config.shutdown_grace)
+        for gate in waiting:
+            gate.interrupt()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.config.shutdown_grace)
+        for connection in list(self.connections):
+            connection.interrupt()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), TASK_WIND_DOWN)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=TASK_WIND_DOWN)
+        for server in self._servers:
+            await server.wait_closed()
+        self.log.info("stopped", left=len(self.connections))
+
+
+def listening_socket(endpoint: Endpoint) -> socket.socket:
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # [::] beside 0.0.0.0 on one port
+        sock.bind((endpoint.host, endpoint.port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise StartupError(f"cannot listen on {endpoint}: {error.strerror or error}") from None
+    return sock
+
+
+def raise_file_limit(log: Any) -> None:
+    """Each client and backend connection is a descriptor; use all the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("file_limit", soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard=hard)
+
+
+async def run(config: Settings) -> int:
+    proxy = Proxy(config)
+    return await proxy.serve()

@@ -1,0 +1,65 @@
+"""The per-connection state object, passed from the gate to the relay or the enforce engine."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from .logs import get_logger
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(6)
+
+
+class Session:
+    __slots__ = (
+        "id",
+        "client_ip",
+        "client_port",
+        "started",
+        "log",
+        "bytes_in",
+        "bytes_out",
+        "commands",
+        "messages",
+        "finished",
+    )
+
+    def __init__(self, client_ip: str, client_port: int) -> None:
+        self.id = new_session_id()
+        self.client_ip = client_ip
+        self.client_port = client_port
+        self.started = time.monotonic()
+        # An explicitly bound logger rather than contextvars: protocol callbacks under uvloop
+        # run outside the connection's task, where contextvars would leak between connections.
+        self.log: FilteringBoundLogger = get_logger(session=self.id, client=client_ip, port=client_port)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.commands = 0
+        self.messages = 0
+        self.finished = False
+
+    @property
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def finish(self, outcome: str) -> bool:
+        """Log the one ``disconnect`` event; False if the session was already finished."""
+        if self.finished:
+            return False
+        self.finished = True
+        self.log.info(
+            "disconnect",
+            outcome=outcome,
+            duration=round(self.age, 3),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            commands=self.commands,
+            messages=self.messages,
+        )
+        return True

@@ -1,0 +1,1 @@
+"""Socket-free SMTP framing: command lines, message text, replies (tested without timers)."""

@@ -1,0 +1,80 @@
+"""Parse the backend's replies (multi-line included) and format the proxy's own."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|$)")
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 200
+
+
+class ReplyError(Exception):
+    """The backend sent something that is not an SMTP reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    lines: tuple[bytes, ...]  # the text of each line, after "NNN-" or "NNN "
+
+    @property
+    def raw(self) -> bytes:
+        head = str(self.code).encode()
+        last = len(self.lines) - 1
+        return b"".join(
+            head + (b" " if index == last else b"-") + text + b"\r\n" for index, text in enumerate(self.lines)
+        )
+
+    @property
+    def text(self) -> str:
+        return " / ".join(line.decode("utf-8", "replace") for line in self.lines)
+
+    @property
+    def is_error(self) -> bool:
+        return self.code >= 400
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+def reply(code: int, text: str) -> bytes:
+    """One line of the proxy's own reply."""
+    return f"{code} {text}\r\n".encode()
+
+
+class ReplyParser:
+    """Collects reply lines until the final one (``NNN `` or a bare ``NNN``)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []
+        self._code = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_reply(self) -> Reply | None:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_REPLY_LINE:
+                    raise ReplyError("reply line too long")
+                return None
+            line = bytes(self._buffer[:end]).removesuffix(b"\r")
+            del self._buffer[: end + 1]
+            match = _REPLY_LINE.match(line)
+            if not match or len(line) > MAX_REPLY_LINE:
+                raise ReplyError(f"not an SMTP reply line: {line[:80]!r}")
+            code = int(match.group(1))
+            if self._lines and code != self._code:
+                raise ReplyError(f"reply code changed inside a multi-line reply: {line[:80]!r}")
+            self._code = code
+            self._lines.append(line[4:])
+            if len(self._lines) > MAX_REPLY_LINES:
+                raise ReplyError("multi-line reply with too many lines")
+            if match.group(2) != b"-":
+                done = Reply(code, tuple(self._lines))
+                self._lines = []
+                return done
