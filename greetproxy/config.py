@@ -6,6 +6,7 @@ whose message names the variable, the value and what was expected, on one line.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -57,7 +58,7 @@ def _ip_literal(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise ValueError(f"{text!r} is not an IP address") from None
+        raise ValueError(f"expected an IP address, not {text!r}") from None
 
 
 def parse_endpoint(value: object) -> Endpoint:
@@ -169,7 +170,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     known = set(variable_names())
     for name in sorted(environ):
         if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
-            raise ConfigError(f"{name}: unknown variable (known: see README, 'Configuration')")
+            close = difflib.get_close_matches(name.upper(), known, n=1)
+            hint = f"did you mean {close[0]}?" if close else "see the README's Configuration table"
+            raise ConfigError(f"{name}={environ[name]!r}: unknown variable; {hint}")
     values = {
         name[len(ENV_PREFIX) :].lower(): value
         for name, value in environ.items()

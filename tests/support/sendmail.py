@@ -1,37 +1,44 @@
 """A private, real sendmail on a loopback port, for tests.
 
-Everything an instance uses lives in its ``workdir``: the generated ``.cf``, the maps, the queue, the
-delivered mail and sendmail's output.  /etc is never written: sendmail runs under ``unshare -m`` (so
-this needs root) with private bind mounts of
+Everything an instance uses lives in its ``workdir``: the generated ``sendmail.mc``/``sendmail.cf``,
+the maps, the queue, the delivered mail and sendmail's stdout/stderr (``sendmail.out``).  /etc is
+never written: sendmail runs under ``unshare -m`` (this needs root) with private bind mounts of
 
-* ``/etc/hosts``, ``/etc/nsswitch.conf`` (``hosts: files``) and ``/etc/resolv.conf`` (a dead
-  nameserver), so no name lookup can hang, the host name is qualified (no 60 s "unqualified host
-  name" sleep at start-up) and 127.0.0.2 has no name;
-* ``/dev``, replaced by a directory holding the few devices sendmail needs plus ``/dev/log``, a
-  datagram socket this module reads, which is how :meth:`Sendmail.log` gets sendmail's syslog lines.
+* ``/etc/hosts``, ``/etc/nsswitch.conf`` (``hosts: files``) and ``/etc/resolv.conf`` (a refused
+  nameserver), so that no name lookup can hang, the host name is qualified (no 60 s "unqualified
+  host name" sleep at start-up) and 127.0.0.2 has no name;
+* ``/dev``, replaced by a directory holding the few devices sendmail needs and ``/dev/log``, a
+  datagram socket read by this module: that is how :meth:`Sendmail.log` has sendmail's syslog lines
+  without a syslog daemon.
 
-The daemon runs in the foreground (``-bD``) as the leader of its own process group, so
-:meth:`Sendmail.stop` can end it together with every session and delivery it forked.
+The daemon runs in the foreground (``-bD``) as the leader of its own process group; its SMTP
+sessions stay in that group, so :meth:`Sendmail.stop` ends them all.  There is no queue runner
+(no ``-q``), so every child of the daemon is an SMTP session, and a message whose delivery failed
+stays in ``queue/``.
 
-Mail for the local domain is written by a small local mailer script, one file per message (written
-to ``tmp/``, then renamed into ``new/``), under ``mail/<local part>/``.  A mailertable catch-all
-sends every other domain to the reserved box :data:`RELAY_BOX`, so a test can count what sendmail
-agreed to relay.
+Mail for the local domain is stored by a small local mailer script, one file per message (written
+to ``tmp/``, then renamed into ``new/``) under ``mail/<local part, lowercased by sendmail>/``.  The
+file is what the mailer got on stdin: sendmail's added headers (Return-Path, Received, and Date,
+From, Message-Id when missing), then the body exactly as the client sent it, CRLF line ends
+included.  A mailertable catch-all routes every other domain to the reserved box
+:data:`RELAY_BOX`, so a test can count what sendmail agreed to relay.
 
 What this build (Debian 12, sendmail 8.17.1.9) answers, checked by tests/test_sendmail_harness.py:
 
 * EHLO keywords: ENHANCEDSTATUSCODES, PIPELINING, EXPN, VERB, 8BITMIME, SIZE 1000000, DSN, ETRN,
-  AUTH (only when SASL mechanisms are available), DELIVERBY, HELP.  There is no SMTPUTF8: the
-  binary is built without USE_EAI, so the ``SmtpUTF8`` option is refused whatever the .mc says.
-* ``unknown@<domain>`` at RCPT: ``550 5.1.1 <unknown@example.test>... User unknown``.
+  AUTH DIGEST-MD5 CRAM-MD5, DELIVERBY, HELP.  No SMTPUTF8: the binary is built without USE_EAI, and
+  an ``O SmtpUTF8=True`` line makes sendmail refuse its configuration ("SmtpUTF8 set but no USE_EAI
+  support").  No STARTTLS either (no certificates configured).
+* A body containing a NUL byte: ``554 5.6.1 NUL byte not allowed`` (Debian sets RejectNUL).
+* ``unknown@example.test`` at RCPT: ``550 5.1.1 <unknown@example.test>... User unknown``.
 * Relaying from 127.0.0.2 with :data:`SAFE_ACCESS`:
   ``550 5.7.1 <x@elsewhere.invalid>... Relaying denied. IP name lookup failed [127.0.0.2]``.
-* ``probe@relay-test.invalid`` from 127.0.0.1: ``250 2.1.5 <probe@relay-test.invalid>...
-  Recipient ok``.  sendmail's Relay_ok ruleset trusts 127.0.0.1 whatever the access map says, and
-  the catch-all then delivers the message to :data:`RELAY_BOX`.
-* A message over ``confMAX_MESSAGE_SIZE``: ``552 5.2.3 Message size exceeds maximum value``
-  (``MAIL FROM:<...> SIZE=<too big>`` gets ``552 5.2.3 Message size exceeds fixed maximum message
-  size (1000000)``).
+* ``probe@relay-test.invalid`` from 127.0.0.1, with either map:
+  ``250 2.1.5 <probe@relay-test.invalid>... Recipient ok``.  sendmail's Relay_ok ruleset trusts
+  127.0.0.1 whatever the access map says, and the catch-all delivers the message to RELAY_BOX.
+* Over ``confMAX_MESSAGE_SIZE``: ``MAIL FROM:<...> SIZE=2000000`` gets ``552 5.2.3 Message size
+  exceeds fixed maximum message size (1000000)``; a DATA that turns out too big gets ``552 5.2.3
+  Message exceeds maximum fixed size (1000000)``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import smtplib
@@ -46,22 +54,22 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CF_DIR = Path("/usr/share/sendmail/cf")
 MAX_MESSAGE_SIZE = 1_000_000
-# The mailbox that receives everything the mailertable catch-all routes away from the local
-# domain.  Mail for a local user of this name would land there too, so tests must not use it.
+# The box that receives everything the mailertable catch-all routes away from the local domain.
+# Mail for a local user of this name would land there too, so tests must not use it.
 RELAY_BOX = "relay-catchall"
 
 # The map the proxy tests use.  It grants nothing: 127.0.0.2 (the proxy's source address) may not
-# relay, and it gets no GreetPause/ClientRate/ClientConn exemption.  127.0.0.1 can still relay:
-# sendmail's Relay_ok ruleset hard-codes it.
+# relay and has no GreetPause/ClientRate/ClientConn exemption.  (127.0.0.1 may still relay: the
+# Relay_ok ruleset hard-codes it.)
 SAFE_ACCESS: tuple[str, ...] = ()
 
-# The non-comment lines of Debian 12's stock /etc/mail/access, copied here so that tests never read
+# The non-comment lines of Debian 12's stock /etc/mail/access, copied so that tests never read
 # /etc/mail (another machine may have edited it).  "Connect:127 RELAY" lets all of 127/8 relay.
 DEBIAN_STOCK_ACCESS: tuple[str, ...] = (
     "Connect:127\tRELAY",
@@ -85,23 +93,23 @@ DEBIAN_STOCK_ACCESS: tuple[str, ...] = (
     "Connect:255\tREJECT",
 )
 
-# Devices sendmail may open; everything else of /dev is hidden by the private /dev.
+# The devices sendmail may open; the private /dev hides all others.
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 
 # Runs in the new mount namespace: $1 is the workdir, the remaining arguments are the command.
-_NAMESPACE_SCRIPT = """\
+_NAMESPACE_SCRIPT = f"""\
 set -e
 w=$1; shift
 for f in hosts nsswitch.conf resolv.conf; do mount --bind "$w/etc/$f" "/etc/$f"; done
-for d in null zero full random urandom; do mount --bind "/dev/$d" "$w/dev/$d"; done
+for d in {" ".join(_DEVICES)}; do mount --bind "/dev/$d" "$w/dev/$d"; done
 mount --rbind "$w/dev" /dev
 exec "$@"
 """
 
-# The local mailer.  $1 is the local part; the message is on stdin.  Exit codes are sendmail's:
-# 67 (EX_NOUSER) bounces a local part that is not a plain file name, 75 (EX_TEMPFAIL) keeps the
-# message queued after any other failure.  The file name (nanoseconds since the epoch, then the
-# PID) sorts by arrival.
+# The local mailer: $1 is the local part, the message is on stdin.  Exit codes are sendmail's:
+# 67 (EX_NOUSER) bounces a local part that is no plain file name, 75 (EX_TEMPFAIL) keeps the
+# message queued after any other failure.  File names (nanoseconds since the epoch, then the PID)
+# sort by arrival.
 _DELIVER_SCRIPT = """\
 #!/bin/sh
 case $1 in ''|.*|*/*) exit 67 ;; esac
@@ -123,7 +131,7 @@ protocols: files
 services: files
 """
 
-# A refused nameserver makes any resolver call that slips past nsswitch fail at once.
+# Any resolver call that slips past nsswitch is refused at once instead of timing out.
 _RESOLV_CONF = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 
 _running: set[Sendmail] = set()
@@ -156,8 +164,8 @@ def _missing_tools() -> list[str]:
     return missing
 
 
-def _proc_stats() -> Iterator[tuple[int, int, int]]:
-    """(pid, parent pid, process group) of every process."""
+def _proc_stats() -> Iterator[tuple[int, int, int, str]]:
+    """(pid, parent pid, process group, state) of every process."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -165,29 +173,42 @@ def _proc_stats() -> Iterator[tuple[int, int, int]]:
             stat = Path(entry.path, "stat").read_text()
         except OSError:  # exited meanwhile
             continue
-        # The command name (field 2) may contain spaces and parentheses; the rest follows the last ')'.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        yield int(entry.name), int(fields[1]), int(fields[2])
+        # The command name (field 2) may hold spaces and parentheses; the rest follows the last ')'.
+        state, parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
+        yield int(entry.name), int(parent), int(group), state
 
 
-def _live_children(pid: int) -> list[int]:
-    """Children of pid, not counting zombies the parent has yet to reap."""
-    children = []
-    for child, parent, _ in _proc_stats():
-        if parent == pid and not _is_zombie(child):
-            children.append(child)
-    return children
+def _live_children(parent: int) -> list[int]:
+    """Children of parent, not counting zombies it has yet to reap."""
+    return [pid for pid, ppid, _, state in _proc_stats() if ppid == parent and state != "Z"]
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # already gone counts as dead
-    return stat[stat.rindex(")") + 2] == "Z"
+def _group_alive(group: int) -> bool:
+    # Zombies do not count: orphans are reaped by PID 1, which may take its time (1.5 s here).
+    return any(pgrp == group and state != "Z" for _, _, pgrp, state in _proc_stats())
 
 
-def _wait_until(predicate: callable, timeout: float, interval: float = 0.02) -> bool:
+def _all_reaped(pids: list[int]) -> bool:
+    """Have these processes exited and been reaped (not even zombies any more)?"""
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _end_sessions(daemon: int, signum: int) -> int:
+    """Signal the daemon's children and wait until the daemon has reaped them; return how many."""
+    sessions = _live_children(daemon)
+    for pid in sessions:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    _wait_until(lambda: _all_reaped(sessions), 5)
+    return len(sessions)
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signum)
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -196,34 +217,31 @@ def _wait_until(predicate: callable, timeout: float, interval: float = 0.02) -> 
     return True
 
 
-def _read_new_files(box: Path) -> list[Path]:
+def _delivered_files(box: Path) -> list[Path]:
     new = box / "new"
     return list(new.iterdir()) if new.is_dir() else []
 
 
 class _SyslogReceiver:
-    """Collects the datagrams sendmail's syslog(3) sends to its (private) /dev/log."""
+    """Collects the datagrams that sendmail's syslog(3) sends to its private /dev/log."""
 
     def __init__(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(path))
-        # A timeout, so the thread notices close() without depending on how shutdown wakes recv.
-        self._sock.settimeout(0.2)
         self._lines: list[str] = []
-        self._closed = threading.Event()
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"syslog {path}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._closed.is_set():
-            try:
-                datagram = self._sock.recv(65536)
-            except TimeoutError:
+        while True:
+            datagram = self._sock.recv(65536)
+            if not datagram:
+                if self._closing:  # woken by close()'s shutdown
+                    return
                 continue
-            except OSError:
-                return
-            # "<22>Dec  4 16:31:44 sm-mta[123]: ...": drop the "<priority>" prefix.
+            # "<22>Dec  4 16:31:44 sendmail[123]: ...": drop the "<priority>" prefix.
             text = datagram.decode("utf-8", "replace").rstrip("\n")
             self._lines.append(text.split(">", 1)[1] if text.startswith("<") else text)
 
@@ -231,14 +249,18 @@ class _SyslogReceiver:
         return "".join(line + "\n" for line in self._lines)
 
     def close(self) -> None:
-        self._closed.set()
+        if self._closing:
+            return
+        self._closing = True
+        # shutdown() wakes the blocked recv(); close() alone would not.
+        self._sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=2)
         self._sock.close()
 
 
 @dataclass(eq=False)
 class Sendmail:
-    """One private sendmail daemon; see the module docstring."""
+    """One private sendmail daemon on 127.0.0.1:port; see the module docstring."""
 
     workdir: Path
     port: int
@@ -246,7 +268,7 @@ class Sendmail:
     access: Sequence[str] = SAFE_ACCESS
     listen_backlog: int | None = 1024
     connection_rate_throttle: int | None = None
-    # Inserted before the MAILER() lines, so it may hold FEATURE() as well as define() lines.
+    # Inserted just before the MAILER() lines, so it may hold FEATURE() as well as define() lines.
     extra_mc: str = ""
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _syslog: _SyslogReceiver | None = field(default=None, init=False, repr=False)
@@ -256,21 +278,8 @@ class Sendmail:
 
     @property
     def hostname(self) -> str:
-        """sendmail's own name ($j), as it shows in the greeting."""
+        """sendmail's own name ($j): it names itself so in the greeting and in Received headers."""
         return f"mx.{self.domain}"
-
-    @property
-    def cf_path(self) -> Path:
-        return self.workdir / "sendmail.cf"
-
-    @property
-    def output_path(self) -> Path:
-        """sendmail's stdout and stderr."""
-        return self.workdir / "sendmail.out"
-
-    @property
-    def _maildir(self) -> Path:
-        return self.workdir / "mail"
 
     def __enter__(self) -> Sendmail:
         self.start()
@@ -280,50 +289,54 @@ class Sendmail:
         self.stop()
 
     def start(self, timeout: float = 30) -> None:
-        """Build the configuration, start the daemon and wait for its 220 greeting."""
+        """Build the configuration and maps, start the daemon and wait for its 220 greeting."""
         if self.is_running():
             raise RuntimeError(f"sendmail on port {self.port} is already running")
         missing = _missing_tools()
         if missing:
             raise RuntimeError(f"cannot run sendmail for tests, missing: {', '.join(missing)}")
         tools = _tool_paths()
-        self._write_files()
-        self._syslog = _SyslogReceiver(self.workdir / "dev" / "log")
-        self._run_checked([tools["m4"], str(self.workdir / "sendmail.mc")], stdout_to=self.cf_path)
-        for name in ("access", "virtusertable", "mailertable"):
-            table = self.workdir / name
-            self._run_checked([tools["makemap"], "hash", str(table)], stdin_from=table)
-        self._run_checked(self._namespaced(tools["sendmail"], "-C", str(self.cf_path), "-bi"))
-
-        with self.output_path.open("ab") as output:
-            self._proc = subprocess.Popen(
-                self._namespaced(tools["sendmail"], "-C", str(self.cf_path), "-bD"),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, for stop()
-            )
         _running.add(self)
         try:
+            self._write_files()
+            self._syslog = _SyslogReceiver(self.workdir / "dev" / "log")
+            self._run_checked("m4", [tools["m4"], "sendmail.mc"], stdout_name="sendmail.cf")
+            for table in ("access", "virtusertable", "mailertable"):
+                self._run_checked("makemap", [tools["makemap"], "hash", table], stdin_name=table)
+            cf = str(self.workdir / "sendmail.cf")
+            self._run_checked("sendmail -bi", self._namespaced(tools["sendmail"], "-C", cf, "-bi"))
+            with (self.workdir / "sendmail.out").open("ab") as output:
+                self._proc = subprocess.Popen(
+                    self._namespaced(tools["sendmail"], "-C", cf, "-bD"),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a process group of its own, for stop()
+                )
             self._wait_for_greeting(timeout)
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """End the daemon with its sessions and deliveries; idempotent."""
+        """End the daemon with its sessions and deliveries, and wait for them; idempotent."""
         proc, self._proc = self._proc, None
         if proc is not None:
             group = proc.pid
+            # Sessions first, while the daemon is there to reap them: orphans would stay zombies
+            # until PID 1 gets round to them.
+            _end_sessions(group, signal.SIGTERM)
             _signal_group(group, signal.SIGTERM)
+            # sendmail exits at once on SIGTERM, except while it sleeps between attempts to bind
+            # a port that is in use.
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+                proc.wait(timeout=5)
             # Whatever ignored SIGTERM, or was orphaned by the daemon's exit, dies now.
             _signal_group(group, signal.SIGKILL)
             proc.wait(timeout=5)
-            _wait_until(lambda: not any(pgrp == group for _, _, pgrp in _proc_stats()), 5)
+            _wait_until(lambda: not _group_alive(group), 5)
         if self._syslog is not None:
-            self._syslog.close()  # log() keeps the lines
+            self._syslog.close()  # log() still has the lines
         _running.discard(self)
 
     def is_running(self) -> bool:
@@ -334,21 +347,18 @@ class Sendmail:
         return len(self._session_pids())
 
     def kill_sessions(self) -> int:
-        """SIGKILL every session the daemon is serving now; return how many were killed."""
-        pids = self._session_pids()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _wait_until(lambda: all(_is_zombie(pid) for pid in pids), 5)
-        return len(pids)
+        """SIGKILL every SMTP session the daemon serves now and return how many; the daemon stays."""
+        return _end_sessions(self._proc.pid, signal.SIGKILL) if self.is_running() else 0
 
     def messages(self, user: str | None = None) -> list[bytes]:
         """Messages delivered to the local domain (or to one local part), oldest first."""
+        maildir = self.workdir / "mail"
         if user is not None:
-            files = _read_new_files(self._maildir / user)
-        elif self._maildir.is_dir():
-            boxes = [box for box in self._maildir.iterdir() if box.name != RELAY_BOX]
-            files = [path for box in boxes for path in _read_new_files(box)]
+            # sendmail lowercases the local part it hands the local mailer.
+            files = _delivered_files(maildir / user.lower())
+        elif maildir.is_dir():
+            boxes = [box for box in maildir.iterdir() if box.name != RELAY_BOX]
+            files = [path for box in boxes for path in _delivered_files(box)]
         else:
             files = []
         return [path.read_bytes() for path in sorted(files, key=lambda path: path.name)]
@@ -357,10 +367,8 @@ class Sendmail:
         """Messages sendmail accepted for non-local domains, oldest first."""
         return self.messages(RELAY_BOX)
 
-    def wait_for_messages(
-        self, count: int, timeout: float = 10, user: str | None = None
-    ) -> list[bytes]:
-        """Poll until at least count messages arrived for the domain (or user), and return them."""
+    def wait_for_messages(self, count: int, timeout: float = 10, user: str | None = None) -> list[bytes]:
+        """Poll until at least count messages arrived for the domain (or user) and return them all."""
         found: list[bytes] = []
 
         def enough() -> bool:
@@ -377,13 +385,14 @@ class Sendmail:
 
     def clear(self) -> None:
         """Delete every delivered message, local and relayed."""
-        if self._maildir.is_dir():
-            for box in self._maildir.iterdir():
-                for path in _read_new_files(box):
+        maildir = self.workdir / "mail"
+        if maildir.is_dir():
+            for box in maildir.iterdir():
+                for path in _delivered_files(box):
                     path.unlink(missing_ok=True)
 
     def log(self) -> str:
-        """sendmail's syslog lines so far (the instance's own; kept after stop())."""
+        """sendmail's syslog lines since the last start() (still there after stop())."""
         return self._syslog.text() if self._syslog is not None else ""
 
     def _session_pids(self) -> list[int]:
@@ -393,20 +402,26 @@ class Sendmail:
         return ["unshare", "-m", "--", "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(self.workdir), *command]
 
     def _run_checked(
-        self, command: list[str], stdin_from: Path | None = None, stdout_to: Path | None = None
+        self, what: str, command: list[str], stdin_name: str | None = None, stdout_name: str | None = None
     ) -> None:
+        """Run a build step in workdir; raise with its output if it fails."""
         with contextlib.ExitStack() as files:
-            stdin = files.enter_context(stdin_from.open("rb")) if stdin_from else subprocess.DEVNULL
-            stdout = files.enter_context(stdout_to.open("wb")) if stdout_to else subprocess.PIPE
+            stdin = files.enter_context((self.workdir / stdin_name).open("rb")) if stdin_name else None
+            stdout = files.enter_context((self.workdir / stdout_name).open("wb")) if stdout_name else None
             result = subprocess.run(
-                command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=30
+                command,
+                cwd=self.workdir,
+                stdin=stdin or subprocess.DEVNULL,
+                stdout=stdout or subprocess.PIPE,
+                stderr=subprocess.STDOUT if stdout is None else subprocess.PIPE,
+                timeout=30,
             )
-        output = (result.stderr or b"").decode(errors="replace")
-        if result.stdout:
-            output = result.stdout.decode(errors="replace") + output
-        # m4 reports a misplaced FEATURE() with "*** ERROR" but still exits 0.
-        if result.returncode != 0 or "*** ERROR" in output:
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{output}")
+        output = (result.stdout or b"") + (result.stderr or b"")
+        # m4 reports a FEATURE() after MAILER() with "*** ERROR" but still exits 0.
+        if result.returncode != 0 or b"*** ERROR" in output:
+            raise RuntimeError(
+                self._failure(f"{what} failed with {result.returncode}", output.decode(errors="replace"))
+            )
 
     def _wait_for_greeting(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -414,23 +429,27 @@ class Sendmail:
             if self._proc.poll() is not None:
                 raise RuntimeError(self._failure(f"sendmail exited with {self._proc.returncode}"))
             try:
-                with smtplib.SMTP("127.0.0.1", self.port, timeout=max(deadline - time.monotonic(), 1)) as smtp:
+                with smtplib.SMTP(
+                    "127.0.0.1", self.port, timeout=max(deadline - time.monotonic(), 1)
+                ) as smtp:
                     smtp.quit()
                 break
-            except smtplib.SMTPConnectError as error:
+            except smtplib.SMTPConnectError as error:  # not a 220
                 raise RuntimeError(self._failure(f"sendmail greeted with {error}")) from None
-            except (OSError, smtplib.SMTPServerDisconnected):
+            except OSError:  # not listening yet (smtplib's errors are OSErrors too)
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        self._failure(f"sendmail did not greet on port {self.port} in {timeout} s")
+                        self._failure(f"no greeting on port {self.port} within {timeout} s")
                     ) from None
                 time.sleep(0.05)
         # Let the probe's session end, so that session_count() starts at 0.
         _wait_until(lambda: self.session_count() == 0, 5)
 
-    def _failure(self, reason: str) -> str:
-        output = self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
-        return f"{reason}\n--- {self.output_path}:\n{output}--- syslog:\n{self.log()}"
+    def _failure(self, reason: str, output: str = "") -> str:
+        out_file = self.workdir / "sendmail.out"
+        if out_file.exists():
+            output += out_file.read_text(errors="replace")
+        return f"{reason}\n--- output:\n{output}--- syslog:\n{self.log()}"
 
     def _write_files(self) -> None:
         work = self.workdir
@@ -443,10 +462,9 @@ class Sendmail:
         if not fd_link.is_symlink():
             fd_link.symlink_to("/proc/self/fd")
 
-        hostname = socket.gethostname()
         # 127.0.0.2 is left out on purpose: the proxy's address must have no name.
         (work / "etc" / "hosts").write_text(
-            f"127.0.0.1\tlocalhost\n127.0.1.1\t{self.hostname} {hostname}\n"
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{self.hostname} {socket.gethostname()}\n"
         )
         (work / "etc" / "nsswitch.conf").write_text(_NSSWITCH)
         (work / "etc" / "resolv.conf").write_text(_RESOLV_CONF)
@@ -457,11 +475,13 @@ class Sendmail:
         (work / "aliases").write_text("postmaster: root\nMAILER-DAEMON: postmaster\n")
         (work / "access").write_text("".join(line + "\n" for line in self.access))
         (work / "virtusertable").write_text(
-            "".join(f"unknown@{host}\terror:5.1.1:550 User unknown\n" for host in (self.domain, self.hostname))
+            "".join(
+                f"unknown@{host}\terror:5.1.1:550 User unknown\n" for host in (self.domain, self.hostname)
+            )
         )
         (work / "mailertable").write_text(f".\tlocal:{RELAY_BOX}\n")
         deliver = work / "deliver.sh"
-        deliver.write_text(_DELIVER_SCRIPT.format(maildir=self._maildir))
+        deliver.write_text(_DELIVER_SCRIPT.format(maildir=shlex.quote(str(work / "mail"))))
         deliver.chmod(0o755)
         (work / "sendmail.mc").write_text(self._mc())
 
@@ -475,27 +495,30 @@ class Sendmail:
         )
         return f"""\
 divert(-1)
-Generated by tests/support/sendmail.py; every file is under {work}.
+Generated by tests/support/sendmail.py.
 divert(0)dnl
 include(`{CF_DIR}/m4/cf.m4')dnl
 OSTYPE(`debian')dnl
-dnl A qualified name of our own: no "unqualified host name" 60 s sleep at start-up.
-define(`confDOMAIN_NAME', `{self.hostname}')dnl
+dnl Every file in the workdir, none in /etc/mail or /var/lib/sendmail.
 define(`QUEUE_DIR', `{work}/queue')dnl
 define(`STATUS_FILE', `{work}/sendmail.st')dnl
 define(`confPID_FILE', `{work}/sendmail.pid')dnl
 define(`ALIAS_FILE', `{work}/aliases')dnl
 define(`confCW_FILE', `{work}/local-host-names')dnl
 define(`confCR_FILE', `-o {work}/relay-domains')dnl
-define(`confCT_FILE', `-o {work}/trusted-users')dnl
 define(`confSERVICE_SWITCH_FILE', `{work}/service.switch')dnl
 define(`confDEAD_LETTER_DROP', `{work}/dead.letter')dnl
 define(`HELP_FILE', `{work}/helpfile')dnl
 undefine(`confHOST_STATUS_DIRECTORY')dnl
-dnl Temp dirs live under /tmp, world writable but sticky; without this sendmail refuses its files.
+dnl pytest's temp dirs are under /tmp: world writable, but sticky.  Without this sendmail refuses
+dnl every file there.
 define(`confDONT_BLAME_SENDMAIL', `TrustStickyBit')dnl
+dnl A qualified name of our own: no "unqualified host name" 60 s sleep at start-up.
+define(`confDOMAIN_NAME', `{self.hostname}')dnl
+dnl Class w holds only the names given here, not the machine's interface addresses.
+define(`confDONT_PROBE_INTERFACES', `True')dnl
 define(`confTO_IDENT', `0')dnl
-dnl Deliver before answering DATA, so a message is in its box once the client has its 250.
+dnl Deliver before answering DATA: a message is in its box once the client has its 250.
 define(`confDELIVERY_MODE', `interactive')dnl
 define(`confMAX_MESSAGE_SIZE', `{MAX_MESSAGE_SIZE}')dnl
 dnl A busy test machine must not make sendmail queue mail or refuse connections.
@@ -511,19 +534,15 @@ dnl There is no DNS here.
 FEATURE(`accept_unresolvable_domains')dnl
 define(`LOCAL_MAILER_PATH', `{work}/deliver.sh')dnl
 define(`LOCAL_MAILER_ARGS', `deliver.sh $u')dnl
-dnl Lines end as on the wire, so a stored body can be compared with what a client sent.
+dnl Lines end as on the wire, so that a stored body compares equal to what the client sent.
 define(`LOCAL_MAILER_EOL', `\\r\\n')dnl
-dnl Every local part is deliverable, no passwd entry needed.
+dnl -w: every local part is deliverable without a passwd entry.  -9: no 7-to-8 bit conversion;
+dnl with it sendmail decodes quoted-printable bodies before handing them to the mailer.
 MODIFY_MAILER_FLAGS(`LOCAL', `-w9')dnl
 {self.extra_mc}
 MAILER(`local')dnl
 MAILER(`smtp')dnl
 """
-
-
-def _signal_group(group: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signum)
 
 
 @atexit.register

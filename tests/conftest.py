@@ -1,0 +1,73 @@
+"""Fixtures: one real sendmail for the whole run, and greetproxy daemons in front of it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.proxy import ProxyProcess, free_port
+from tests.support.sendmail import Sendmail, sendmail_available
+
+IN_CI = os.environ.get("CI") == "true"
+PROXY_HOSTNAME = "proxy.example.test"
+PAUSE = "0.3s"
+
+
+@pytest.fixture(scope="session")
+def sendmail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sendmail]:
+    if not sendmail_available():
+        message = "sendmail is not installed; `sh scripts/test` (as root) installs it"
+        if IN_CI:
+            pytest.fail(message + ": CI must not skip the sendmail tests")
+        pytest.skip(message)
+    server = Sendmail(tmp_path_factory.mktemp("sendmail"), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend(sendmail: Sendmail) -> Sendmail:
+    """The shared sendmail, emptied of earlier tests' messages and running."""
+    if not sendmail.is_running():
+        sendmail.start()
+    sendmail.clear()
+    return sendmail
+
+
+def proxy_env(backend_port: int, **overrides: str) -> dict[str, str]:
+    env = {
+        "GREETPROXY_LISTEN": f"127.0.0.1:{free_port()}",
+        "GREETPROXY_BACKEND": f"127.0.0.1:{backend_port}",
+        "GREETPROXY_BACKEND_SOURCE": "127.0.0.2",
+        "GREETPROXY_GREET_PAUSE": PAUSE,
+        "GREETPROXY_HOSTNAME": PROXY_HOSTNAME,
+        "GREETPROXY_SHUTDOWN_GRACE": "2s",
+        "GREETPROXY_LOG_LEVEL": "debug",
+    }
+    env.update({f"GREETPROXY_{key.upper()}": value for key, value in overrides.items()})
+    return env
+
+
+@pytest.fixture
+def start_proxy(backend: Sendmail) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start a greetproxy daemon in front of the shared sendmail; keyword arguments set variables."""
+    started: list[ProxyProcess] = []
+
+    def start(**overrides: str) -> ProxyProcess:
+        process = ProxyProcess(proxy_env(backend.port, **overrides)).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+    for process in started:
+        assert not process.tracebacks(), f"the proxy logged a traceback or error: {process.tracebacks()}"
+
+
+@pytest.fixture
+def proxy(start_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
+    return start_proxy()

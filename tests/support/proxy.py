@@ -1,0 +1,146 @@
+"""Run ``greetproxy run`` as a real child process and read its JSON log events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+Event = dict[str, object]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class ProxyProcess:
+    """One greetproxy daemon; ``env`` holds its GREETPROXY_* variables."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self.events: list[Event] = []
+        self.stderr = ""
+        self._lock = threading.Condition()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.env["GREETPROXY_LISTEN"].rsplit(":", 1)[1])
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, wait_for: str | None = "listening", timeout: float = 15) -> ProxyProcess:
+        child_env = {key: value for key, value in os.environ.items() if not key.startswith("GREETPROXY_")}
+        child_env.update(self.env)
+        child_env["PYTHONPATH"] = str(ROOT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "greetproxy", "run"],
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        if wait_for:
+            self.wait_event(wait_for, timeout=timeout)
+        return self
+
+    def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = {"event": "unparsed", "line": raw.decode(errors="replace")}
+            with self._lock:
+                self.events.append(event)
+                self._lock.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for raw in self.process.stderr:
+            with self._lock:
+                self.stderr += raw.decode(errors="replace")
+                self._lock.notify_all()
+
+    def find(self, name: str, **fields: object) -> list[Event]:
+        with self._lock:
+            return [
+                event
+                for event in self.events
+                if event.get("event") == name and all(event.get(key) == value for key, value in fields.items())
+            ]
+
+    def wait_event(
+        self, name: str, timeout: float = 10, where: Callable[[Event], bool] = lambda event: True, **fields: object
+    ) -> Event:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for event in self.find(name, **fields):
+                    if where(event):
+                        return event
+                if self.process is not None and self.process.poll() is not None and name != "stopped":
+                    raise AssertionError(
+                        f"proxy exited with {self.process.returncode} before {name!r}: {self.stderr}\n{self.events}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {name!r} event {fields} within {timeout}s; got {self.events}")
+                self._lock.wait(min(remaining, 0.1))
+
+    def session_events(self, session: str) -> list[Event]:
+        with self._lock:
+            return [event for event in self.events if event.get("session") == session]
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def tracebacks(self) -> list[str]:
+        with self._lock:
+            found = [line for line in self.stderr.splitlines() if "Traceback" in line]
+            found += [str(event) for event in self.events if "exception" in event or event.get("level") == "error"]
+            return found
+
+
+def run_once(env: Mapping[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``greetproxy run`` that is expected to exit by itself (bad config, open relay)."""
+    child_env = {key: value for key, value in os.environ.items() if not key.startswith("GREETPROXY_")}
+    child_env.update(env)
+    child_env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "greetproxy", "run"], env=child_env, capture_output=True, text=True, timeout=timeout
+    )
