@@ -15,16 +15,15 @@ class BackendFailure(Exception):
 
 
 class BackendLink:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply_timeout: float) -> None:
+    """Reads wait without a timer of their own: the caller's watchdog bounds them."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
         self._parser = ReplyParser()
-        self.reply_timeout = reply_timeout
 
     @classmethod
-    async def open(
-        cls, endpoint: Endpoint, source: str | None, connect_timeout: float, reply_timeout: float
-    ) -> tuple[BackendLink, Reply]:
+    async def open(cls, endpoint: Endpoint, source: str | None, connect_timeout: float) -> tuple[BackendLink, Reply]:
         """Connect (from ``source`` if given) and read a 220 greeting, all within ``connect_timeout``."""
         writer = None
         try:
@@ -32,8 +31,8 @@ class BackendLink:
                 reader, writer = await asyncio.open_connection(
                     endpoint.host, endpoint.port, local_addr=(source, 0) if source else None
                 )
-                link = cls(reader, writer, reply_timeout)
-                greeting = await link._read_reply()
+                link = cls(reader, writer)
+                greeting = await link.reply()
         except TimeoutError:
             if writer is not None:
                 writer.transport.abort()
@@ -55,13 +54,6 @@ class BackendLink:
         return await self.reply()
 
     async def reply(self) -> Reply:
-        try:
-            async with asyncio.timeout(self.reply_timeout):
-                return await self._read_reply()
-        except TimeoutError:
-            raise BackendFailure(f"no reply from the backend within {self.reply_timeout:g}s") from None
-
-    async def _read_reply(self) -> Reply:
         while True:
             try:
                 done = self._parser.next_reply()
@@ -80,10 +72,11 @@ class BackendLink:
     async def send(self, data: bytes) -> None:
         """Write message text, waiting while the backend's socket buffer is full."""
         self._writer.write(data)
-        try:
-            await self._writer.drain()
-        except OSError as error:
-            raise BackendFailure(f"backend connection failed: {error.strerror or error}") from None
+        if self._writer.transport.get_write_buffer_size():
+            try:
+                await self._writer.drain()
+            except OSError as error:
+                raise BackendFailure(f"backend connection failed: {error.strerror or error}") from None
 
     def close(self) -> None:
         self._writer.transport.abort()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import signal
 import socket
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def say(text: str) -> None:
 
 
 async def _demo(maildir: Path, port: int) -> int:
+    loop = asyncio.get_running_loop()
     backend = await start_backend(maildir)
     backend_port = backend.sockets[0].getsockname()[1]
     settings = config.load(
@@ -89,16 +91,27 @@ async def _demo(maildir: Path, port: int) -> int:
         return error.status
     say("A polite client waits for the banner, then delivers a message:")
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, local_hostname="polite.example", start_tls=False)
+    started = loop.time()
     await client.connect(timeout=10)
-    await client.sendmail("alice@example.org", [f"bob@{DEMO_DOMAIN}"], b"Subject: hello\r\n\r\nDelivered.\r\n")
+    waited = loop.time() - started
+    _, answer = await client.sendmail(
+        "alice@example.org", [f"bob@{DEMO_DOMAIN}"], b"Subject: hello\r\n\r\nDelivered.\r\n"
+    )
     await client.quit()
+    say(
+        f"The polite client got the banner after {waited:.1f}s, and the answer to its message was the backend's "
+        f"own: '{answer}'. The proxy added a Received: header naming the session id in the log lines above."
+    )
     say("An early talker sends EHLO before the banner, as spam bots replaying a dialogue do:")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"EHLO bot.example\r\n")
-    answer = await reader.read(1024)
+    refusal = (await reader.read(1024)).decode().strip()
     writer.close()
-    print(f"    it got: {answer.decode().strip()}", flush=True)
     await asyncio.sleep(0.1)
+    say(
+        f"The early talker got '{refusal}' at once and was closed: the 'pregreet' line shows what it sent. "
+        "The backend never saw it."
+    )
     say(
         f"Delivered so far: {len(mailbox.Maildir(maildir, create=False))} message(s). The proxy keeps serving.\n"
         f"    Try it: swaks --server 127.0.0.1:{port} --to you@{DEMO_DOMAIN}\n"
@@ -106,10 +119,9 @@ async def _demo(maildir: Path, port: int) -> int:
         f"'me@example.org', ['you@{DEMO_DOMAIN}'], 'Subject: hi\\r\\n\\r\\nhi')\"\n"
         "    Ctrl-C stops it."
     )
-    loop = asyncio.get_running_loop()
-    for signum in (2, 15):
+    for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, proxy.stop)
-    await proxy._stopping.wait()
+    await proxy.stopped()
     await proxy.shutdown()
     backend.close()
     return 0

@@ -20,12 +20,46 @@ class ClientGone(Exception):
     """The client hung up."""
 
 
-class ClientIdle(Exception):
-    """The client said nothing for the command timeout."""
-
-
 class ShuttingDown(Exception):
     """The shutdown grace is over."""
+
+
+class Watchdog:
+    """One timer per session, not one per read: it cancels the session's task once a single wait
+    (for the client, or for the backend) has lasted ``limit`` seconds."""
+
+    __slots__ = ("limit", "waiting", "since", "expired", "_task", "_loop", "_handle")
+
+    def __init__(self, limit: float, task: asyncio.Task[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.limit = limit
+        self.waiting: str | None = None  # "client" or "backend"
+        self.since = 0.0
+        self.expired: str | None = None
+        self._task = task
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(limit, self._check)
+
+    def begin(self, what: str) -> None:
+        self.waiting = what
+        self.since = self._loop.time()
+
+    def end(self) -> None:
+        self.waiting = None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.waiting is not None and now - self.since >= self.limit:
+            self.expired = self.waiting
+            self._handle = None
+            self._task.cancel()
+            return
+        due = self.since + self.limit if self.waiting is not None else now + self.limit
+        self._handle = self._loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class ClientDialogue:
@@ -41,26 +75,26 @@ class ClientDialogue:
         self.hostname = proxy.config.hostname
         self.lines = LineSplitter(PARAMETER_LINE_LIMIT)
         self.errors = 0
-        self.reading = False
         self.stop_requested = False
         self.task: asyncio.Task[None] | None = None
+        self.watchdog: Watchdog | None = None
 
     async def run(self, greeting: bytes) -> None:
         self.task = asyncio.current_task()
+        assert self.task is not None
+        self.watchdog = Watchdog(self.proxy.config.command_timeout, self.task)
         outcome = "error"
         try:
             await self._send(greeting)
             outcome = await self.converse()
-        except ClientIdle:
-            self.session.log.info("timeout", after=self.proxy.config.command_timeout)
-            await self._last_words(421, f"4.4.2 {self.hostname} timeout exceeded, closing transmission channel")
-            outcome = "timeout"
         except ClientGone:
             outcome = "client_hangup"
-        except (ShuttingDown, asyncio.CancelledError):
-            await self._last_words(421, f"4.3.2 {self.hostname} service shutting down")
-            outcome = "shutdown"
+        except ShuttingDown:
+            outcome = await self._shut_down()
+        except asyncio.CancelledError:
+            outcome = await self._cancelled(self.watchdog.expired)
         finally:
+            self.watchdog.stop()
             self.close()
             self.writer.close()
             self.session.finish(outcome)
@@ -70,13 +104,25 @@ class ClientDialogue:
         """Answer commands until the session ends; return the outcome."""
         raise NotImplementedError
 
+    async def _cancelled(self, expired: str | None) -> str:
+        """The task was cancelled: by the watchdog (``expired`` says which wait), or by shutdown."""
+        if expired == "client":
+            self.session.log.info("timeout", after=self.proxy.config.command_timeout)
+            await self._last_words(421, f"4.4.2 {self.hostname} timeout exceeded, closing transmission channel")
+            return "timeout"
+        return await self._shut_down()
+
+    async def _shut_down(self) -> str:
+        await self._last_words(421, f"4.3.2 {self.hostname} service shutting down")
+        return "shutdown"
+
     def close(self) -> None:
         """Release what the subclass holds besides the client connection."""
 
     def interrupt(self) -> None:
         """Shutdown: end the session now if it waits for the client, else after the next reply."""
         self.stop_requested = True
-        if self.reading and self.task is not None:
+        if self.task is not None and self.watchdog is not None and self.watchdog.waiting == "client":
             self.task.cancel()
 
     async def next_command(self) -> tuple[str, Line] | None:
@@ -117,10 +163,11 @@ class ClientDialogue:
     async def _send(self, data: bytes) -> None:
         self.session.bytes_out += len(data)
         self.writer.write(data)
-        try:
-            await self.writer.drain()
-        except OSError:
-            raise ClientGone from None
+        if self.writer.transport.get_write_buffer_size():  # the client is not reading: wait for it
+            try:
+                await self.writer.drain()
+            except OSError:
+                raise ClientGone from None
 
     async def _next_line(self) -> Line | None:
         while True:
@@ -135,15 +182,13 @@ class ClientDialogue:
     async def _read(self) -> bytes:
         if self.stop_requested:
             raise ShuttingDown
-        self.reading = True
+        assert self.watchdog is not None
+        self.watchdog.begin("client")
         try:
-            async with asyncio.timeout(self.proxy.config.command_timeout):
-                data = await self.reader.read(READ_SIZE)
-        except TimeoutError:
-            raise ClientIdle from None
+            data = await self.reader.read(READ_SIZE)
         except OSError:
             return b""
         finally:
-            self.reading = False
+            self.watchdog.end()
         self.session.bytes_in += len(data)
         return data

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .backend import BackendFailure
 from .enforce import EnforceSession
 from .relay import RelaySession
-from .screening import Action, Finding, decide
+from .screening import Action, Finding, Verdict, decide
 from .screening.pregreet import Pregreet, escape
 from .session import Session
 from .smtp.replies import reply
@@ -30,7 +30,7 @@ def banner(hostname: str) -> bytes:
 
 
 class Gate(asyncio.Protocol):
-    __slots__ = ("proxy", "transport", "session", "pregreet", "reported", "held", "timer", "handed")
+    __slots__ = ("proxy", "transport", "session", "pregreet", "reported", "held", "timer", "handed", "banner_at")
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -56,8 +56,12 @@ class Gate(asyncio.Protocol):
         self.session.log.info("connect", local=str(transport.get_extra_info("sockname")[0]))
         if config.greet_banner:
             self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
+        # The backend is connected a little ahead of the pause's end, so that the banner goes out
+        # on time rather than one backend greeting late.
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(config.greet_pause, self._pause_over)
+        self.banner_at = loop.time() + config.greet_pause
+        lead = min(self.proxy.backend_lead(), config.greet_pause)
+        self.timer = loop.call_later(config.greet_pause - lead, self._pause_over)
 
     def data_received(self, data: bytes) -> None:
         self.session.bytes_in += len(data)
@@ -101,16 +105,20 @@ class Gate(asyncio.Protocol):
         self.timer = None
         if self.transport.is_closing():
             return
-        self._report_pregreet()
         verdict = decide(self._findings())
+        if verdict.passed:
+            self.proxy.spawn(self._relay())
+        elif verdict.action is Action.ENFORCE:  # greeted when the pause is over, like everyone
+            self.timer = asyncio.get_running_loop().call_at(self.banner_at, self._act, verdict)
+        else:
+            self._act(verdict)
+
+    def _act(self, verdict: Verdict) -> None:
+        self._report_pregreet()
         if verdict.action is Action.DROP:
             self._refuse(554, "5.7.1 Service unavailable", verdict.reason)
-        elif verdict.action is Action.ENFORCE:
-            self._enforce(verdict.reason)
         else:
-            ignored = [finding.test for finding in verdict.findings]
-            self.session.log.info("pass", waited=round(self.session.age, 3), ignored=ignored)
-            self.proxy.spawn(self._relay())
+            self._enforce(verdict.reason)
 
     def _refuse(self, code: int, text: str, reason: str) -> None:
         self.session.log.info("reject", code=code, reason=reason, command="CONNECT")
@@ -129,15 +137,20 @@ class Gate(asyncio.Protocol):
             self.session.finish("backend_unavailable")
             self.transport.close()
             return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.banner_at:
+            await asyncio.sleep(self.banner_at - loop.time())
         if self.transport.is_closing():
             link.close()
             return
         verdict = decide(self._findings())  # early talk may have come while the backend greeted
         if not verdict.passed:
             link.close()
-            self._report_pregreet()
-            self._enforce(verdict.reason)
+            self._act(verdict)
             return
+        self._report_pregreet()
+        ignored = [finding.test for finding in verdict.findings]
+        self.session.log.info("pass", waited=round(self.session.age, 3), ignored=ignored)
         reader, writer = self._hand_over()
         relay = RelaySession(self.proxy, self.session, reader, writer, link)
         self.proxy.swap(self, relay)

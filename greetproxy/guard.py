@@ -7,6 +7,7 @@ the backend gives that address (sendmail: 127.0.0.1 always, Debian's stock acces
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass
 
@@ -30,24 +31,29 @@ class RelayCheck:
 
 async def check_relay(config: Settings) -> RelayCheck:
     try:
-        link, _ = await BackendLink.open(
-            config.backend, config.backend_source, config.backend_connect_timeout, config.backend_connect_timeout
-        )
+        link, _ = await BackendLink.open(config.backend, config.backend_source, config.backend_connect_timeout)
     except BackendFailure as failure:
         return RelayCheck(RelayStatus.UNKNOWN, str(failure))
     try:
-        for line in (b"EHLO " + config.hostname.encode(), b"MAIL FROM:<>"):
-            answer = await link.command(line)
-            if answer.code != 250:
-                return RelayCheck(RelayStatus.UNKNOWN, f"backend answered {line.decode()} with {answer}")
-        answer = await link.command(b"RCPT TO:<" + PROBE_RECIPIENT + b">")
-        detail = f"RCPT TO:<{PROBE_RECIPIENT.decode()}> from {config.backend_source or 'default source'}: {answer}"
-        await link.command(b"RSET")
-        await link.command(b"QUIT")
+        async with asyncio.timeout(config.command_timeout):
+            return await _probe(link, config)
+    except TimeoutError:
+        return RelayCheck(RelayStatus.UNKNOWN, f"no reply from the backend within {config.command_timeout:g}s")
     except BackendFailure as failure:
         return RelayCheck(RelayStatus.UNKNOWN, str(failure))
     finally:
         link.close()
+
+
+async def _probe(link: BackendLink, config: Settings) -> RelayCheck:
+    for line in (b"EHLO " + config.hostname.encode(), b"MAIL FROM:<>"):
+        answer = await link.command(line)
+        if answer.code != 250:
+            return RelayCheck(RelayStatus.UNKNOWN, f"backend answered {line.decode()} with {answer}")
+    answer = await link.command(b"RCPT TO:<" + PROBE_RECIPIENT + b">")
+    detail = f"RCPT TO:<{PROBE_RECIPIENT.decode()}> from {config.backend_source or 'default source'}: {answer}"
+    await link.command(b"RSET")
+    await link.command(b"QUIT")
     if answer.code < 300:
         return RelayCheck(RelayStatus.OPEN, detail)
     if answer.code >= 500:

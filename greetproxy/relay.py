@@ -47,9 +47,26 @@ class RelaySession(ClientDialogue):
         try:
             return await self._relay_commands()
         except BackendFailure as failure:
-            self.session.log.warning("backend_unavailable", reason=str(failure), sender=self.sender)
-            await self._last_words(421, f"4.3.2 {self.hostname} service not available, closing transmission channel")
-            return "backend_failure"
+            return await self._backend_lost(str(failure))
+
+    async def _cancelled(self, expired: str | None) -> str:
+        if expired == "backend":
+            return await self._backend_lost(f"no reply from the backend within {self.proxy.config.command_timeout:g}s")
+        return await super()._cancelled(expired)
+
+    async def _backend_lost(self, reason: str) -> str:
+        self.session.log.warning("backend_unavailable", reason=reason, sender=self.sender)
+        await self._last_words(421, f"4.3.2 {self.hostname} service not available, closing transmission channel")
+        return "backend_failure"
+
+    async def _backend(self, line: bytes | None = None) -> Reply:
+        """Send ``line`` (if any) and wait, under the watchdog, for the backend's reply."""
+        assert self.watchdog is not None
+        self.watchdog.begin("backend")
+        try:
+            return await (self.backend.reply() if line is None else self.backend.command(line))
+        finally:
+            self.watchdog.end()
 
     async def _relay_commands(self) -> str:
         while True:
@@ -62,7 +79,7 @@ class RelaySession(ClientDialogue):
             elif verb == "DATA":
                 await self._data(line.text)
             else:
-                answer = self._observe(verb, line.text, await self.backend.command(line.text))
+                answer = self._observe(verb, line.text, await self._backend(line.text))
                 await self._answer(verb, answer, line.text)
                 if verb == "QUIT":
                     return "quit"
@@ -97,17 +114,18 @@ class RelaySession(ClientDialogue):
         self.smtputf8 = False
 
     async def _data(self, line: bytes) -> None:
-        answer = await self.backend.command(line)
+        answer = await self._backend(line)
         if answer.code != 354:
             await self._answer("DATA", answer, line)
             return
-        await self.backend.send(self._received())
         await self._answer("DATA", answer, line)
         scanner = BodyScanner()
         step = scanner.feed(self.lines.take_buffer())
+        header = self._received()  # goes out with the first text, saving a write
         while True:
-            if step.forward:
-                await self.backend.send(step.forward)
+            if step.forward or header:
+                await self.backend.send(header + step.forward)
+                header = b""
             if step.done:
                 break
             data = await self._read()
@@ -121,7 +139,7 @@ class RelaySession(ClientDialogue):
             self._reset_transaction()
             await self._restart_backend()  # it holds half a message that must never be completed
             return
-        answer = await self.backend.reply()
+        answer = await self._backend()
         self.session.log.info(
             "message", sender=self.sender, recipients=self.recipients, size=scanner.size, reply=str(answer)
         )
@@ -140,7 +158,7 @@ class RelaySession(ClientDialogue):
         self.backend.close()
         self.backend = await self.proxy.open_backend(self.session)
         if self.helo is not None:
-            answer = await self.backend.command(self.helo_verb + b" " + self.helo)
+            answer = await self._backend(self.helo_verb + b" " + self.helo)
             if answer.code != 250:
                 raise BackendFailure(f"backend refused {self.helo_verb.decode()} after a restart: {answer}")
 

@@ -8,6 +8,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -19,7 +20,8 @@ from .logs import get_logger
 from .screening import Action
 from .session import Session
 
-RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
+RELAY_CHECK_RETRY = 5.0
+MAX_BACKEND_LEAD = 0.5  # seconds: how far ahead of the banner the backend may be connected  # seconds between open-relay checks while the backend is unreachable
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
 
 
@@ -42,6 +44,7 @@ class Proxy:
         self.log = get_logger()
         self.connections: set[Connection] = set()
         self.relay_checked = False
+        self.backend_latency = 0.0  # smoothed seconds from connect to the backend's greeting
         self.exit_status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -82,10 +85,15 @@ class Proxy:
         if not self.relay_checked:
             raise BackendFailure("the open-relay check of the backend has not passed yet")
         config = self.config
-        link, _ = await BackendLink.open(
-            config.backend, config.backend_source, config.backend_connect_timeout, config.command_timeout
-        )
+        started = time.monotonic()
+        link, _ = await BackendLink.open(config.backend, config.backend_source, config.backend_connect_timeout)
+        latency = time.monotonic() - started
+        self.backend_latency = 0.8 * self.backend_latency + 0.2 * latency if self.backend_latency else latency
         return link
+
+    def backend_lead(self) -> float:
+        """How long before the banner is due to start connecting the backend."""
+        return min(2 * self.backend_latency + 0.005, MAX_BACKEND_LEAD)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -107,7 +115,10 @@ class Proxy:
         )
 
     async def _check_relay(self, first: bool) -> None:
+        started = time.monotonic()
         check = await check_relay(self.config)
+        if check.status is not RelayStatus.UNKNOWN and not self.backend_latency:
+            self.backend_latency = time.monotonic() - started  # a whole dialogue: errs on the early side
         if check.status is RelayStatus.OPEN and not self.config.allow_open_backend:
             advice = open_relay_advice(self.config, check)
             self.log.error("relay_check", status="open", detail=check.detail)
@@ -134,12 +145,15 @@ class Proxy:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def stopped(self) -> None:
+        await self._stopping.wait()
+
     async def serve(self) -> int:
         await self.start()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        await self._stopping.wait()
+        await self.stopped()
         await self.shutdown()
         return self.exit_status
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from greetproxy.smtp.lines import Ending, Line, LineSplitter
 
@@ -130,3 +132,30 @@ def test_memory_stays_bounded_for_10_mb_without_lf() -> None:
         reported += collect(splitter)
         assert len(splitter) <= LIMIT
     assert reported == [Line(b"A" * LIMIT, Ending.TOO_LONG)]
+
+
+def reference_lines(data: bytes, limit: int) -> list[Line]:
+    """What any chunking must produce: every LF-terminated line, then an over-long unfinished tail."""
+    *complete, tail = data.split(b"\n")
+    lines = []
+    for text in complete:
+        if len(text) + 1 > limit:
+            lines.append(Line((text + b"\n")[:limit], Ending.TOO_LONG))
+        elif text.endswith(b"\r"):
+            lines.append(Line(text[:-1], Ending.CRLF))
+        else:
+            lines.append(Line(text, Ending.BARE_LF))
+    if len(tail) > limit:
+        lines.append(Line(tail[:limit], Ending.TOO_LONG))
+    return lines
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"bc", b"defgh"]), max_size=60).map(b"".join),
+    st.lists(st.integers(0, 400), max_size=10),
+)
+def test_property_any_chunking_gives_the_reference_lines(data: bytes, cuts: list[int]) -> None:
+    bounds = [0, *sorted(cut for cut in cuts if cut <= len(data)), len(data)]
+    chunks = [data[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)]
+    assert split(*chunks, limit=8) == reference_lines(data, limit=8)

@@ -1,0 +1,157 @@
+"""Figures for the core relay, measured in one run against a real sendmail on loopback.
+
+    python3 -m bench.core [--connections 100] [--senders 20] [--messages 25] [--rounds 3]
+
+1. Time to banner against the configured pause, over N connections (median and worst deviation).
+2. Messages per second for S concurrent senders, direct to sendmail and through the proxy, in
+   alternating rounds; the ratio of the medians is the figure (absolute rates drift on shared
+   machines). Both paths connect from 127.0.0.2, the proxy's backend source address.
+Every loop is bounded in count and time; only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.proxy import ProxyProcess, free_port
+from tests.support.sendmail import Sendmail
+
+MESSAGE = b"Subject: bench\r\nFrom: bench@sender.example\r\n\r\n" + b"x" * 70 + b"\r\n" * 12
+
+
+async def read_reply(reader: asyncio.StreamReader) -> int:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("closed")
+        if line[3:4] != b"-":
+            return int(line[:3])
+
+
+async def command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes) -> int:
+    writer.write(line + b"\r\n")
+    return await read_reply(reader)
+
+
+async def banner_delay(port: int, pause: float) -> float:
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await read_reply(reader)
+    delay = time.monotonic() - started - pause
+    writer.write(b"QUIT\r\n")
+    await read_reply(reader)
+    writer.close()
+    return delay
+
+
+async def banner_figures(port: int, pause: float, connections: int) -> list[float]:
+    delays: list[float] = []
+    for start in range(0, connections, 10):  # ten at a time, as a real MX sees them
+        batch = min(10, connections - start)
+        delays += await asyncio.wait_for(
+            asyncio.gather(*(banner_delay(port, pause) for _ in range(batch))), timeout=pause + 30
+        )
+    return delays
+
+
+async def sender(port: int, messages: int, start: asyncio.Event) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+    assert await read_reply(reader) == 220
+    assert await command(reader, writer, b"EHLO bench.example") == 250
+    await start.wait()
+    for index in range(messages):
+        assert await command(reader, writer, b"MAIL FROM:<bench@sender.example>") == 250
+        assert await command(reader, writer, f"RCPT TO:<bench{index % 7}@example.test>".encode()) == 250
+        assert await command(reader, writer, b"DATA") == 354
+        writer.write(MESSAGE)
+        assert await command(reader, writer, b".") == 250
+    await command(reader, writer, b"QUIT")
+    writer.close()
+
+
+async def throughput(port: int, senders: int, messages: int) -> float:
+    start = asyncio.Event()
+    tasks = [asyncio.ensure_future(sender(port, messages, start)) for _ in range(senders)]
+    await asyncio.sleep(1.0)  # every sender connected and greeted; only the messages are timed
+    began = time.monotonic()
+    start.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+    return senders * messages / (time.monotonic() - began)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--pause", type=float, default=1.0)
+    parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=25, help="per sender and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        sendmail = Sendmail(Path(workdir) / "sendmail", free_port())
+        sendmail.start()
+        try:
+            return asyncio.run(run(args, sendmail))
+        finally:
+            sendmail.stop()
+
+
+def proxy_for(sendmail: Sendmail, pause: float) -> ProxyProcess:
+    return ProxyProcess(
+        {
+            "GREETPROXY_LISTEN": f"127.0.0.1:{free_port()}",
+            "GREETPROXY_BACKEND": f"127.0.0.1:{sendmail.port}",
+            "GREETPROXY_GREET_PAUSE": f"{pause}s",
+            "GREETPROXY_HOSTNAME": "proxy.bench.test",
+            "GREETPROXY_LOG_LEVEL": "warning",
+        }
+    ).start(wait_for=None)
+
+
+async def wait_listening(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the proxy did not start")
+
+
+async def run(args: argparse.Namespace, sendmail: Sendmail) -> int:
+    paused = proxy_for(sendmail, args.pause)
+    await wait_listening(paused.port)
+    delays = await banner_figures(paused.port, args.pause, args.connections)
+    paused.stop()
+    deviations_ms = sorted(delay * 1000 for delay in delays)
+    print(f"time to banner, {len(delays)} connections, pause {args.pause:g}s:")
+    print(f"  median deviation {statistics.median(deviations_ms):.1f} ms, "
+          f"worst {deviations_ms[-1]:.1f} ms, best {deviations_ms[0]:.1f} ms")
+
+    relay = proxy_for(sendmail, 0)
+    await wait_listening(relay.port)
+    direct_rates, proxied_rates = [], []
+    for round_number in range(args.rounds):
+        direct_rates.append(await throughput(sendmail.port, args.senders, args.messages))
+        proxied_rates.append(await throughput(relay.port, args.senders, args.messages))
+        print(f"  round {round_number + 1}: direct {direct_rates[-1]:.0f} msg/s, "
+              f"through the proxy {proxied_rates[-1]:.0f} msg/s", file=sys.stderr)
+        sendmail.clear()
+    relay.stop()
+    direct, proxied = statistics.median(direct_rates), statistics.median(proxied_rates)
+    print(f"throughput, {args.senders} concurrent senders x {args.messages} messages x {args.rounds} rounds:")
+    print(f"  direct to sendmail {direct:.0f} msg/s, through greetproxy {proxied:.0f} msg/s, "
+          f"ratio {proxied / direct:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
