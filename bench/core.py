@@ -86,7 +86,9 @@ async def throughput(port: int, senders: int, messages: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--pause", type=float, default=1.0)
     parser.add_argument("--senders", type=int, default=20)
@@ -133,8 +135,10 @@ async def run(args: argparse.Namespace, sendmail: Sendmail) -> int:
     paused.stop()
     deviations_ms = sorted(delay * 1000 for delay in delays)
     print(f"time to banner, {len(delays)} connections, pause {args.pause:g}s:")
-    print(f"  median deviation {statistics.median(deviations_ms):.1f} ms, "
-          f"worst {deviations_ms[-1]:.1f} ms, best {deviations_ms[0]:.1f} ms")
+    print(
+        f"  median deviation {statistics.median(deviations_ms):.1f} ms, "
+        f"worst {deviations_ms[-1]:.1f} ms, best {deviations_ms[0]:.1f} ms"
+    )
 
     relay = proxy_for(sendmail, 0)
     await wait_listening(relay.port)
@@ -142,14 +146,19 @@ async def run(args: argparse.Namespace, sendmail: Sendmail) -> int:
     for round_number in range(args.rounds):
         direct_rates.append(await throughput(sendmail.port, args.senders, args.messages))
         proxied_rates.append(await throughput(relay.port, args.senders, args.messages))
-        print(f"  round {round_number + 1}: direct {direct_rates[-1]:.0f} msg/s, "
-              f"through the proxy {proxied_rates[-1]:.0f} msg/s", file=sys.stderr)
+        print(
+            f"  round {round_number + 1}: direct {direct_rates[-1]:.0f} msg/s, "
+            f"through the proxy {proxied_rates[-1]:.0f} msg/s",
+            file=sys.stderr,
+        )
         sendmail.clear()
     relay.stop()
     direct, proxied = statistics.median(direct_rates), statistics.median(proxied_rates)
     print(f"throughput, {args.senders} concurrent senders x {args.messages} messages x {args.rounds} rounds:")
-    print(f"  direct to sendmail {direct:.0f} msg/s, through greetproxy {proxied:.0f} msg/s, "
-          f"ratio {proxied / direct:.3f}")
+    print(
+        f"  direct to sendmail {direct:.0f} msg/s, through greetproxy {proxied:.0f} msg/s, "
+        f"ratio {proxied / direct:.3f}"
+    )
     return 0
 
 

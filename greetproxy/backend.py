@@ -23,7 +23,9 @@ class BackendLink:
         self._parser = ReplyParser()
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, source: str | None, connect_timeout: float) -> tuple[BackendLink, Reply]:
+    async def open(
+        cls, endpoint: Endpoint, source: str | None, connect_timeout: float
+    ) -> tuple[BackendLink, Reply]:
         """Connect (from ``source`` if given) and read a 220 greeting, all within ``connect_timeout``."""
         writer = None
         try:

@@ -11,7 +11,9 @@ from . import __version__, config, logs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="greetproxy", description="Greet-pause SMTP front proxy for sendmail.")
+    parser = argparse.ArgumentParser(
+        prog="greetproxy", description="Greet-pause SMTP front proxy for sendmail."
+    )
     parser.add_argument("--version", action="version", version=f"greetproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the proxy, configured by GREETPROXY_* environment variables")

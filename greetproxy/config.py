@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "GREETPROXY_"
 MAX_GREET_PAUSE = 300.0
@@ -101,7 +109,8 @@ class Settings(BaseModel):
         default=(Endpoint("0.0.0.0", 25),), description="addresses to accept SMTP clients on"
     )
     backend: Annotated[Endpoint, BeforeValidator(parse_endpoint)] = Field(
-        default=Endpoint("127.0.0.1", 10025), description="the real MTA (sendmail) that accepted sessions go to"
+        default=Endpoint("127.0.0.1", 10025),
+        description="the real MTA (sendmail) that accepted sessions go to",
     )
     backend_source: Annotated[str | None, BeforeValidator(parse_ip)] = Field(
         default=None,
@@ -115,7 +124,9 @@ class Settings(BaseModel):
     pregreet_action: Literal["drop", "enforce", "ignore"] = Field(
         default="drop", description="what to do with a client that talks before the banner"
     )
-    hostname: str = Field(default_factory=socket.getfqdn, description="name in the banner and Received")
+    hostname: str = Field(
+        default_factory=socket.getfqdn, validate_default=True, description="name in the banner and Received"
+    )
     max_connections: int = Field(default=10000, ge=1, description="open client connections at most")
     command_timeout: Duration = Field(default=300.0, description="idle time allowed to a client or backend")
     backend_connect_timeout: Duration = Field(default=10.0, description="connect plus greeting from backend")
@@ -123,7 +134,9 @@ class Settings(BaseModel):
     shutdown_grace: Duration = Field(default=30.0, description="time live sessions get to finish on SIGTERM")
     allow_open_backend: bool = Field(default=False, description="start even if the backend relays for us")
     log_format: Literal["json", "console"] = Field(default="json", description="log line format on stdout")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="lowest level")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="lowest level"
+    )
 
     @model_validator(mode="after")
     def _untrusted_loopback_source(self) -> Settings:
@@ -169,15 +182,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     known = set(variable_names())
     for name in sorted(environ):
-        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
-            close = difflib.get_close_matches(name.upper(), known, n=1)
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]}?" if close else "see the README's Configuration table"
             raise ConfigError(f"{name}={environ[name]!r}: unknown variable; {hint}")
-    values = {
-        name[len(ENV_PREFIX) :].lower(): value
-        for name, value in environ.items()
-        if name.upper().startswith(ENV_PREFIX)
-    }
+    values = {name[len(ENV_PREFIX) :].lower(): value for name, value in environ.items() if name in known}
     try:
         return Settings.model_validate(values)
     except ValidationError as error:

@@ -83,14 +83,19 @@ async def _demo(maildir: Path, port: int) -> int:
     logs.configure(settings.log_format, settings.log_level)
     proxy = Proxy(settings)
     say(f"Messages go to the Maildir {maildir} (new/ holds one file per message).")
-    say(f"Proxy on 127.0.0.1:{port}, greet pause {DEMO_PAUSE}, in front of an aiosmtpd backend on port {backend_port}.")
+    say(
+        f"Proxy on 127.0.0.1:{port}, greet pause {DEMO_PAUSE}, "
+        f"in front of an aiosmtpd backend on port {backend_port}."
+    )
     try:
         await proxy.start()
     except StartupError as error:
         print(f"greetproxy: {error}")
         return error.status
     say("A polite client waits for the banner, then delivers a message:")
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, local_hostname="polite.example", start_tls=False)
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=port, local_hostname="polite.example", start_tls=False
+    )
     started = loop.time()
     await client.connect(timeout=10)
     waited = loop.time() - started
@@ -99,7 +104,8 @@ async def _demo(maildir: Path, port: int) -> int:
     )
     await client.quit()
     say(
-        f"The polite client got the banner after {waited:.1f}s, and the answer to its message was the backend's "
+        f"The polite client got the banner after {waited:.1f}s, "
+        "and the answer to its message was the backend's "
         f"own: '{answer}'. The proxy added a Received: header naming the session id in the log lines above."
     )
     say("An early talker sends EHLO before the banner, as spam bots replaying a dialogue do:")
@@ -113,7 +119,8 @@ async def _demo(maildir: Path, port: int) -> int:
         "The backend never saw it."
     )
     say(
-        f"Delivered so far: {len(mailbox.Maildir(maildir, create=False))} message(s). The proxy keeps serving.\n"
+        f"Delivered so far: {len(mailbox.Maildir(maildir, create=False))} message(s). "
+        "The proxy keeps serving.\n"
         f"    Try it: swaks --server 127.0.0.1:{port} --to you@{DEMO_DOMAIN}\n"
         f"    or:     python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {port}).sendmail("
         f"'me@example.org', ['you@{DEMO_DOMAIN}'], 'Subject: hi\\r\\n\\r\\nhi')\"\n"

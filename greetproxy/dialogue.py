@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from .session import Session
@@ -108,7 +109,9 @@ class ClientDialogue:
         """The task was cancelled: by the watchdog (``expired`` says which wait), or by shutdown."""
         if expired == "client":
             self.session.log.info("timeout", after=self.proxy.config.command_timeout)
-            await self._last_words(421, f"4.4.2 {self.hostname} timeout exceeded, closing transmission channel")
+            await self._last_words(
+                421, f"4.4.2 {self.hostname} timeout exceeded, closing transmission channel"
+            )
             return "timeout"
         return await self._shut_down()
 
@@ -136,7 +139,9 @@ class ClientDialogue:
             if line.ending is Ending.TOO_LONG or len(line.text) + 2 > line_limit(verb):
                 await self.refuse(verb, 500, "5.5.2 line too long", "line_too_long")
             elif line.bare_newline:
-                await self.refuse(verb, 500, "5.5.2 bare CR or LF in command: lines end with CRLF", "bare_newline")
+                await self.refuse(
+                    verb, 500, "5.5.2 bare CR or LF in command: lines end with CRLF", "bare_newline"
+                )
             else:
                 return verb, line
 
@@ -155,10 +160,8 @@ class ClientDialogue:
     async def _last_words(self, code: int, text: str) -> None:
         if self.writer.transport.is_closing():
             return
-        try:
+        with contextlib.suppress(ClientGone):
             await self._send(reply(code, text))
-        except ClientGone:
-            pass
 
     async def _send(self, data: bytes) -> None:
         self.session.bytes_out += len(data)

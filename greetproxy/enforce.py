@@ -50,7 +50,13 @@ class EnforceSession(ClientDialogue):
             elif verb in ("MAIL", "RCPT"):
                 address = address_of(argument_of(line.text))
                 await self.refuse(
-                    verb, 550, "5.5.1 Protocol error", self.reason, enforced=True, address=address, helo=self.helo
+                    verb,
+                    550,
+                    "5.5.1 Protocol error",
+                    self.reason,
+                    enforced=True,
+                    address=address,
+                    helo=self.helo,
                 )
             else:
                 await self.refuse(verb, 503, "5.5.1 Protocol error", self.reason, enforced=True)

@@ -30,7 +30,17 @@ def banner(hostname: str) -> bytes:
 
 
 class Gate(asyncio.Protocol):
-    __slots__ = ("proxy", "transport", "session", "pregreet", "reported", "held", "timer", "handed", "banner_at")
+    __slots__ = (
+        "proxy",
+        "transport",
+        "session",
+        "pregreet",
+        "reported",
+        "held",
+        "timer",
+        "handed",
+        "banner_at",
+    )
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -49,7 +59,9 @@ class Gate(asyncio.Protocol):
         config = self.proxy.config
         if not self.proxy.admit(self):
             self.session.finished = True  # one event says it all under a flood
-            self.session.log.warning("reject", code=421, reason="max_connections", limit=config.max_connections)
+            self.session.log.warning(
+                "reject", code=421, reason="max_connections", limit=config.max_connections
+            )
             transport.write(reply(421, f"4.7.0 {config.hostname} too many connections, try again later"))
             transport.close()
             return
@@ -133,7 +145,9 @@ class Gate(asyncio.Protocol):
             if self.transport.is_closing():
                 return
             self.session.log.warning("backend_unavailable", reason=str(failure))
-            self._write(reply(421, f"4.3.2 {self.proxy.config.hostname} service not available, try again later"))
+            self._write(
+                reply(421, f"4.3.2 {self.proxy.config.hostname} service not available, try again later")
+            )
             self.session.finish("backend_unavailable")
             self.transport.close()
             return

@@ -31,14 +31,18 @@ class RelayCheck:
 
 async def check_relay(config: Settings) -> RelayCheck:
     try:
-        link, _ = await BackendLink.open(config.backend, config.backend_source, config.backend_connect_timeout)
+        link, _ = await BackendLink.open(
+            config.backend, config.backend_source, config.backend_connect_timeout
+        )
     except BackendFailure as failure:
         return RelayCheck(RelayStatus.UNKNOWN, str(failure))
     try:
         async with asyncio.timeout(config.command_timeout):
             return await _probe(link, config)
     except TimeoutError:
-        return RelayCheck(RelayStatus.UNKNOWN, f"no reply from the backend within {config.command_timeout:g}s")
+        return RelayCheck(
+            RelayStatus.UNKNOWN, f"no reply from the backend within {config.command_timeout:g}s"
+        )
     except BackendFailure as failure:
         return RelayCheck(RelayStatus.UNKNOWN, str(failure))
     finally:
@@ -51,7 +55,9 @@ async def _probe(link: BackendLink, config: Settings) -> RelayCheck:
         if answer.code != 250:
             return RelayCheck(RelayStatus.UNKNOWN, f"backend answered {line.decode()} with {answer}")
     answer = await link.command(b"RCPT TO:<" + PROBE_RECIPIENT + b">")
-    detail = f"RCPT TO:<{PROBE_RECIPIENT.decode()}> from {config.backend_source or 'default source'}: {answer}"
+    detail = (
+        f"RCPT TO:<{PROBE_RECIPIENT.decode()}> from {config.backend_source or 'default source'}: {answer}"
+    )
     await link.command(b"RSET")
     await link.command(b"QUIT")
     if answer.code < 300:

@@ -51,12 +51,16 @@ class RelaySession(ClientDialogue):
 
     async def _cancelled(self, expired: str | None) -> str:
         if expired == "backend":
-            return await self._backend_lost(f"no reply from the backend within {self.proxy.config.command_timeout:g}s")
+            return await self._backend_lost(
+                f"no reply from the backend within {self.proxy.config.command_timeout:g}s"
+            )
         return await super()._cancelled(expired)
 
     async def _backend_lost(self, reason: str) -> str:
         self.session.log.warning("backend_unavailable", reason=reason, sender=self.sender)
-        await self._last_words(421, f"4.3.2 {self.hostname} service not available, closing transmission channel")
+        await self._last_words(
+            421, f"4.3.2 {self.hostname} service not available, closing transmission channel"
+        )
         return "backend_failure"
 
     async def _backend(self, line: bytes | None = None) -> Reply:
@@ -166,5 +170,7 @@ class RelaySession(ClientDialogue):
         if answer.is_error:
             self.errors += 1
             fields = {"address": address_of(argument_of(line))} if verb in ("MAIL", "RCPT") else {}
-            self.session.log.info("reject", code=answer.code, command=verb, reply=answer.text, by="backend", **fields)
+            self.session.log.info(
+                "reject", code=answer.code, command=verb, reply=answer.text, by="backend", **fields
+            )
         await self._send(answer.raw)

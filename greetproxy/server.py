@@ -20,8 +20,8 @@ from .logs import get_logger
 from .screening import Action
 from .session import Session
 
-RELAY_CHECK_RETRY = 5.0
-MAX_BACKEND_LEAD = 0.5  # seconds: how far ahead of the banner the backend may be connected  # seconds between open-relay checks while the backend is unreachable
+RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
+MAX_BACKEND_LEAD = 0.5  # seconds: how far ahead of the banner the backend may be connected
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
 
 
@@ -86,7 +86,9 @@ class Proxy:
             raise BackendFailure("the open-relay check of the backend has not passed yet")
         config = self.config
         started = time.monotonic()
-        link, _ = await BackendLink.open(config.backend, config.backend_source, config.backend_connect_timeout)
+        link, _ = await BackendLink.open(
+            config.backend, config.backend_source, config.backend_connect_timeout
+        )
         latency = time.monotonic() - started
         self.backend_latency = 0.8 * self.backend_latency + 0.2 * latency if self.backend_latency else latency
         return link
@@ -130,12 +132,18 @@ class Proxy:
             return
         if check.status is RelayStatus.UNKNOWN:
             if first:
-                self.log.warning("relay_check", status="unknown", detail=check.detail, retry=RELAY_CHECK_RETRY)
+                self.log.warning(
+                    "relay_check", status="unknown", detail=check.detail, retry=RELAY_CHECK_RETRY
+                )
                 self.spawn(self._retry_relay_check())
             return
         self.relay_checked = True
-        self.log.info("relay_check", status=check.status.value, detail=check.detail,
-                      allowed=self.config.allow_open_backend)
+        self.log.info(
+            "relay_check",
+            status=check.status.value,
+            detail=check.detail,
+            allowed=self.config.allow_open_backend,
+        )
 
     async def _retry_relay_check(self) -> None:
         while not self.relay_checked and not self._stopping.is_set():
@@ -161,8 +169,12 @@ class Proxy:
         for server in self._servers:
             server.close()
         waiting = [connection for connection in self.connections if isinstance(connection, Gate)]
-        self.log.info("shutdown", sessions=len(self.connections) - len(waiting), waiting=len(waiting),
-                      grace=self.config.shutdown_grace)
+        self.log.info(
+            "shutdown",
+            sessions=len(self.connections) - len(waiting),
+            waiting=len(waiting),
+            grace=self.config.shutdown_grace,
+        )
         for gate in waiting:
             gate.interrupt()
         with contextlib.suppress(TimeoutError):

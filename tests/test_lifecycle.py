@@ -83,8 +83,16 @@ def test_no_socket_outlives_its_session(proxy, backend):
 
 @pytest.mark.parametrize(
     "variable, value",
-    [("GREET_PAUSE", "forever"), ("GREET_PAUSE", "301s"), ("LISTEN", "localhost:25"), ("MAX_CONNECTIONS", "0"),
-     ("PREGREET_ACTION", "reject"), ("BACKEND", "127.0.0.1"), ("LOG_FORMAT", "xml"), ("GREET_PAUSSE", "1s")],
+    [
+        ("GREET_PAUSE", "forever"),
+        ("GREET_PAUSE", "301s"),
+        ("LISTEN", "localhost:25"),
+        ("MAX_CONNECTIONS", "0"),
+        ("PREGREET_ACTION", "reject"),
+        ("BACKEND", "127.0.0.1"),
+        ("LOG_FORMAT", "xml"),
+        ("GREET_PAUSSE", "1s"),
+    ],
 )
 def test_bad_config_exits_2_naming_the_variable(variable, value):
     env = proxy_env(free_port())

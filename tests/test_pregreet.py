@@ -24,7 +24,9 @@ def test_immediate_talker_is_dropped_with_554(proxy, backend):
         assert answer.code == 554 and answer.text.startswith("5.5.1")
         assert bot.is_closed()
     event = proxy.wait_event("pregreet")
-    assert event["bytes"] == len(b"EHLO bot.example\r\nMAIL FROM:<spam@bot.example>\r\n") or event["bytes"] >= 18
+    assert (
+        event["bytes"] == len(b"EHLO bot.example\r\nMAIL FROM:<spam@bot.example>\r\n") or event["bytes"] >= 18
+    )
     assert event["sample"].startswith("EHLO bot.example\\r\\n")
     assert event["action"] == "drop" and event["client"] == "127.0.0.1" and isinstance(event["port"], int)
     assert event["after"] < 0.3
@@ -114,8 +116,10 @@ def test_ignore_only_logs_and_the_early_commands_are_relayed(start_proxy, backen
 def test_early_bytes_never_reach_the_backend(start_proxy, backend, action):
     proxy = start_proxy(pregreet_action=action)
     with RawClient(proxy.port) as bot:
-        bot.send(b"EHLO bot.example\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<never@example.test>\r\n"
-                 b"DATA\r\nSubject: replay\r\n\r\nspam\r\n.\r\nQUIT\r\n")
+        bot.send(
+            b"EHLO bot.example\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<never@example.test>\r\n"
+            b"DATA\r\nSubject: replay\r\n\r\nspam\r\n.\r\nQUIT\r\n"
+        )
         bot.is_closed(timeout=3)
     time.sleep(0.5)
     assert backend.messages() == []

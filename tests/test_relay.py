@@ -34,8 +34,11 @@ def test_polite_delivery_arrives_intact_with_received_header(proxy, backend):
     assert message["Subject"] == "polite"
     ours = [header for header in message.get_all("Received") if "greetproxy" in header]
     assert len(ours) == 1
-    assert re.search(r"from polite\.example \(\[127\.0\.0\.1\]\)\s+by proxy\.example\.test \(greetproxy\) "
-                     r"with ESMTP id ([0-9a-f]{12});", ours[0]), ours[0]
+    assert re.search(
+        r"from polite\.example \(\[127\.0\.0\.1\]\)\s+by proxy\.example\.test \(greetproxy\) "
+        r"with ESMTP id ([0-9a-f]{12});",
+        ours[0],
+    ), ours[0]
     session_id = re.search(r"id ([0-9a-f]{12});", ours[0]).group(1)
     assert proxy.wait_event("message", session=session_id)["reply"].startswith("250")
     # smtplib stuffed the dot, the proxy passed it on, sendmail removed it again
@@ -44,7 +47,9 @@ def test_polite_delivery_arrives_intact_with_received_header(proxy, backend):
 
 def test_aiosmtplib_delivery(proxy, backend):
     async def send() -> None:
-        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=proxy.port, start_tls=False, local_hostname="aio.example") as client:
+        async with aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=proxy.port, start_tls=False, local_hostname="aio.example"
+        ) as client:
             await client.sendmail("a@sender.example", [f"carol@{DOMAIN}"], b"Subject: aio\r\n\r\nhello\r\n")
 
     asyncio.run(send())
@@ -54,9 +59,24 @@ def test_aiosmtplib_delivery(proxy, backend):
 
 def test_swaks_delivery(proxy, backend):
     result = subprocess.run(
-        ["swaks", "--server", f"127.0.0.1:{proxy.port}", "--from", "s@sender.example", "--to", f"dave@{DOMAIN}",
-         "--helo", "swaks.example", "--header", "Subject: swaks", "--body", "via swaks"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{proxy.port}",
+            "--from",
+            "s@sender.example",
+            "--to",
+            f"dave@{DOMAIN}",
+            "--helo",
+            "swaks.example",
+            "--header",
+            "Subject: swaks",
+            "--body",
+            "via swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     [raw] = backend.wait_for_messages(1, user="dave")
@@ -72,7 +92,16 @@ def test_greeting_and_ehlo_name_the_proxy_and_hide_unrelayable_extensions(proxy)
         assert code == 250 and lines[0].startswith(PROXY_HOSTNAME)
         keywords = {line.split()[0].upper() for line in lines[1:]}
         assert {"PIPELINING", "8BITMIME", "SIZE", "ENHANCEDSTATUSCODES", "DSN"} <= keywords
-        assert not keywords & {"AUTH", "STARTTLS", "CHUNKING", "PIPECONNECT", "XCLIENT", "XFORWARD", "VERB", "ETRN"}
+        assert not keywords & {
+            "AUTH",
+            "STARTTLS",
+            "CHUNKING",
+            "PIPECONNECT",
+            "XCLIENT",
+            "XFORWARD",
+            "VERB",
+            "ETRN",
+        }
         assert client.command("STARTTLS").code == 502
         assert client.command("BDAT 10 LAST").code == 502
 
@@ -117,7 +146,8 @@ def test_null_sender_is_delivered(proxy, backend):
 def test_pipelined_commands_are_answered_in_order(proxy, backend):
     with greeted(proxy) as client:
         client.send(
-            b"MAIL FROM:<p@sender.example>\r\nRCPT TO:<one@example.test>\r\nRCPT TO:<unknown@example.test>\r\n"
+            b"MAIL FROM:<p@sender.example>\r\nRCPT TO:<one@example.test>\r\n"
+            b"RCPT TO:<unknown@example.test>\r\n"
             b"RCPT TO:<two@example.test>\r\nDATA\r\n"
         )
         answers = [client.reply() for _ in range(5)]
@@ -131,7 +161,9 @@ def test_pipelined_commands_are_answered_in_order(proxy, backend):
 
 def test_eight_bit_text_arrives_byte_for_byte(proxy, backend):
     text = "Grüße aus Köln — 日本語 ✓".encode()
-    body = b"Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    body = (
+        b"Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    )
     body += text + b"\r\n" + bytes(range(0x80, 0x100)) + b"\r\n"
     with greeted(proxy) as client:
         assert client.command("MAIL FROM:<a@sender.example> BODY=8BITMIME").code == 250

@@ -22,7 +22,10 @@ VARIANTS = {
     "crcrlf_dot_crcrlf": b"\r\r\n.\r\r\n",
     "crlf_nul_dot_crlf": b"\r\n\x00.\r\n",
 }
-SMUGGLED = b"MAIL FROM:<admin@sender.example>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n"
+SMUGGLED = (
+    b"MAIL FROM:<admin@sender.example>\r\nRCPT TO:<victim@example.test>\r\n"
+    b"DATA\r\nSubject: smuggled\r\n\r\nevil\r\n"
+)
 
 
 @pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())

@@ -9,7 +9,9 @@ PARAMETER_LINE_LIMIT = COMMAND_LINE_LIMIT + 500
 
 # Commands the backend answers. Everything else (AUTH, STARTTLS, BDAT, XCLIENT, VERB, ETRN, ...)
 # belongs to an extension the proxy does not offer, and is answered by the proxy itself.
-RELAYED_VERBS = frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP"})
+RELAYED_VERBS = frozenset(
+    {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP"}
+)
 
 
 def verb_of(line: bytes) -> str:

@@ -44,9 +44,10 @@ class LineSplitter:
 
     def take_buffer(self) -> bytes:
         """Everything not yet handed out as a line (for a switch to message-text framing)."""
-        rest = bytes(self._buffer[self._start :])
+        rest = b"" if self._discarding else bytes(self._buffer[self._start :])
         self._buffer.clear()
         self._start = 0
+        self._discarding = False
         return rest
 
     def next_line(self) -> Line | None:

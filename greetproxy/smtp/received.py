@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import string
 from datetime import datetime
 
 MAX_HELO = 255
@@ -14,9 +15,13 @@ def address_literal(ip: str) -> str:
     return f"[IPv6:{ip}]" if ipaddress.ip_address(ip).version == 6 else f"[{ip}]"
 
 
+_HELO_CHARACTERS = frozenset(string.ascii_letters + string.digits + ".-_:[]")
+
+
 def clean_helo(helo: str) -> str:
-    """The client's HELO name as a header may carry it: printable ASCII, no spaces or parentheses."""
-    cleaned = "".join(char if "!" <= char <= "~" and char not in "()\\" else "?" for char in helo[:MAX_HELO])
+    """The client's HELO name as a header may carry it: a domain or an address literal's characters,
+    so that nothing in it (``;``, ``(``, spaces) can change how the header parses."""
+    cleaned = "".join(char if char in _HELO_CHARACTERS else "?" for char in helo.strip()[:MAX_HELO])
     return cleaned or "unknown"
 
 

@@ -22,8 +22,12 @@ class Reply(tuple):
 
 
 class RawClient:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10, source: str | None = None) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = 10, source: str | None = None
+    ) -> None:
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.connected_at = time.monotonic()
         self.buffer = b""
 
@@ -69,7 +73,7 @@ class RawClient:
                 if not data:
                     return True
                 self.buffer += data
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True

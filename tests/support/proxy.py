@@ -82,11 +82,16 @@ class ProxyProcess:
             return [
                 event
                 for event in self.events
-                if event.get("event") == name and all(event.get(key) == value for key, value in fields.items())
+                if event.get("event") == name
+                and all(event.get(key) == value for key, value in fields.items())
             ]
 
     def wait_event(
-        self, name: str, timeout: float = 10, where: Callable[[Event], bool] = lambda event: True, **fields: object
+        self,
+        name: str,
+        timeout: float = 10,
+        where: Callable[[Event], bool] = lambda event: True,
+        **fields: object,
     ) -> Event:
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -96,7 +101,8 @@ class ProxyProcess:
                         return event
                 if self.process is not None and self.process.poll() is not None and name != "stopped":
                     raise AssertionError(
-                        f"proxy exited with {self.process.returncode} before {name!r}: {self.stderr}\n{self.events}"
+                        f"proxy exited with {self.process.returncode} before {name!r}: "
+                        f"{self.stderr}\n{self.events}"
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -132,7 +138,9 @@ class ProxyProcess:
     def tracebacks(self) -> list[str]:
         with self._lock:
             found = [line for line in self.stderr.splitlines() if "Traceback" in line]
-            found += [str(event) for event in self.events if "exception" in event or event.get("level") == "error"]
+            found += [
+                str(event) for event in self.events if "exception" in event or event.get("level") == "error"
+            ]
             return found
 
 
@@ -142,5 +150,9 @@ def run_once(env: Mapping[str, str], timeout: float = 30) -> subprocess.Complete
     child_env.update(env)
     child_env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "greetproxy", "run"], env=child_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "greetproxy", "run"],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
