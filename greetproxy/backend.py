@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from .config import Endpoint
 from .smtp.replies import Reply, ReplyError, ReplyParser
+
+if TYPE_CHECKING:
+    from .pool import Slot
 
 READ_SIZE = 65536
 
 
 class BackendFailure(Exception):
     """The backend could not be reached, or stopped behaving like an SMTP server."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable  # a new connect attempt may well succeed (refused, timed out, 4xx)
 
 
 class BackendLink:
@@ -21,6 +29,7 @@ class BackendLink:
         self._reader = reader
         self._writer = writer
         self._parser = ReplyParser()
+        self.slot: Slot | None = None  # the pool's permit for this connection, released on close
 
     @classmethod
     async def open(
@@ -38,17 +47,20 @@ class BackendLink:
         except TimeoutError:
             if writer is not None:
                 writer.transport.abort()
-            raise BackendFailure(f"no greeting from {endpoint} within {connect_timeout:g}s") from None
+            raise BackendFailure(
+                f"no greeting from {endpoint} within {connect_timeout:g}s", retryable=True
+            ) from None
         except OSError as error:
             if writer is not None:
                 writer.transport.abort()
-            raise BackendFailure(f"connect to {endpoint} failed: {error.strerror or error}") from None
+            reason = f"connect to {endpoint} failed: {error.strerror or error}"
+            raise BackendFailure(reason, retryable=True) from None
         except BackendFailure:
             writer.transport.abort()
             raise
         if greeting.code != 220:
             link.close()
-            raise BackendFailure(f"backend greeted with {greeting}")
+            raise BackendFailure(f"backend greeted with {greeting}", retryable=greeting.code < 500)
         return link, greeting
 
     async def command(self, line: bytes) -> Reply:
@@ -81,4 +93,7 @@ class BackendLink:
                 raise BackendFailure(f"backend connection failed: {error.strerror or error}") from None
 
     def close(self) -> None:
-        self._writer.transport.abort()
+        self._writer.close()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None

@@ -97,6 +97,37 @@ def parse_ip(value: object) -> str | None:
     return _ip_literal(str(value).strip())
 
 
+def parse_rate(value: object) -> float | None:
+    """Connections per second; ``unlimited`` (or empty, or 0) for no pacing."""
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("", "unlimited", "0"):
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError("expected connections per second, such as 15 or 2.5, or 'unlimited'") from None
+    if rate <= 0:
+        raise ValueError("expected a rate above 0, or 'unlimited'")
+    return rate
+
+
+def parse_jitter(value: object) -> str:
+    """``10%`` (of the pause) or a duration; kept as text, resolved against the pause."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 <= percent <= 100:
+            raise ValueError(
+                "expected a percentage of the pause from 0% to 100%, or a duration such as 500ms"
+            )
+        return text
+    parse_duration(text)
+    return text
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
@@ -118,6 +149,11 @@ class Settings(BaseModel):
         f"(default {DEFAULT_LOOPBACK_SOURCE} for a 127/8 backend; sendmail trusts 127.0.0.1)",
     )
     greet_pause: Duration = Field(default=5.0, description="how long to hold the banner back; 0 disables")
+    greet_pause_jitter: Annotated[str, BeforeValidator(parse_jitter)] = Field(
+        default="10%",
+        description="random extra pause, a share of the pause or a duration, so that clients that came "
+        "together do not pass together",
+    )
     greet_banner: str | None = Field(
         default=None, description="teaser text: send `220-<hostname> <text>` at once, the final 220 after"
     )
@@ -130,6 +166,13 @@ class Settings(BaseModel):
     max_connections: int = Field(default=10000, ge=1, description="open client connections at most")
     command_timeout: Duration = Field(default=300.0, description="idle time allowed to a client or backend")
     backend_connect_timeout: Duration = Field(default=10.0, description="connect plus greeting from backend")
+    backend_max_connections: int = Field(default=100, ge=1, description="backend connections open at most")
+    backend_queue_timeout: Duration = Field(
+        default=30.0, description="how long a client that passed may wait for a backend connection"
+    )
+    backend_connect_rate: Annotated[float | None, BeforeValidator(parse_rate)] = Field(
+        default=None, description="new backend connections per second at most; unlimited by default"
+    )
     max_errors: int = Field(default=10, ge=1, description="error replies before a client is cut off")
     shutdown_grace: Duration = Field(default=30.0, description="time live sessions get to finish on SIGTERM")
     allow_open_backend: bool = Field(default=False, description="start even if the backend relays for us")
@@ -144,6 +187,12 @@ class Settings(BaseModel):
             object.__setattr__(self, "backend_source", DEFAULT_LOOPBACK_SOURCE)
         return self
 
+    @property
+    def jitter_seconds(self) -> float:
+        if self.greet_pause_jitter.endswith("%"):
+            return self.greet_pause * float(self.greet_pause_jitter[:-1]) / 100
+        return parse_duration(self.greet_pause_jitter)
+
     @field_validator("greet_pause")
     @classmethod
     def _pause_within_rfc_limit(cls, value: float) -> float:
@@ -151,7 +200,7 @@ class Settings(BaseModel):
             raise ValueError("expected a duration of at most 300s (clients give up on the greeting after 5m)")
         return value
 
-    @field_validator("command_timeout", "backend_connect_timeout")
+    @field_validator("command_timeout", "backend_connect_timeout", "backend_queue_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

@@ -8,10 +8,12 @@ connection goes: dropped, to the enforce engine, or (after the backend greeted) 
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import TYPE_CHECKING
 
 from .backend import BackendFailure
 from .enforce import EnforceSession
+from .pool import BackendBusy
 from .relay import RelaySession
 from .screening import Action, Finding, Verdict, decide
 from .screening.pregreet import Pregreet, escape
@@ -40,6 +42,7 @@ class Gate(asyncio.Protocol):
         "timer",
         "handed",
         "banner_at",
+        "queued",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -49,6 +52,7 @@ class Gate(asyncio.Protocol):
         self.held = b""
         self.timer: asyncio.TimerHandle | None = None
         self.handed = False  # the connection belongs to the relay or the enforce engine now
+        self.queued: asyncio.Task[None] | None = None  # waiting for a backend connection
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -70,10 +74,12 @@ class Gate(asyncio.Protocol):
             self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
         # The backend is connected a little ahead of the pause's end, so that the banner goes out
         # on time rather than one backend greeting late.
+        # A random extra pause spreads clients that arrived together, so they do not all reach
+        # the backend in the same instant.
         loop = asyncio.get_running_loop()
-        self.banner_at = loop.time() + config.greet_pause
-        lead = min(self.proxy.backend_lead(), config.greet_pause)
-        self.timer = loop.call_later(config.greet_pause - lead, self._pause_over)
+        pause = config.greet_pause + random.uniform(0, self.proxy.jitter)
+        self.banner_at = loop.time() + pause
+        self.timer = loop.call_later(pause - self.proxy.pool.lead(pause), self._pause_over)
 
     def data_received(self, data: bytes) -> None:
         self.session.bytes_in += len(data)
@@ -93,6 +99,8 @@ class Gate(asyncio.Protocol):
             return
         if self.timer is not None:
             self.timer.cancel()
+        if self.queued is not None:
+            self.queued.cancel()  # gives up its place in the backend queue
         self.session.finish("pregreet_hangup" if self.pregreet else "hangup")
         self.proxy.release(self)
 
@@ -119,7 +127,7 @@ class Gate(asyncio.Protocol):
             return
         verdict = decide(self._findings())
         if verdict.passed:
-            self.proxy.spawn(self._relay())
+            self.queued = self.proxy.spawn(self._relay())
         elif verdict.action is Action.ENFORCE:  # greeted when the pause is over, like everyone
             self.timer = asyncio.get_running_loop().call_at(self.banner_at, self._act, verdict)
         else:
@@ -139,17 +147,24 @@ class Gate(asyncio.Protocol):
         self.transport.close()
 
     async def _relay(self) -> None:
+        pool = self.proxy.pool
+        hostname = self.proxy.config.hostname
         try:
-            link = await self.proxy.open_backend(self.session)
+            try:
+                slot = await pool.admit(self.session)
+            finally:
+                self.queued = None  # from here on a backend socket may be open: no cancelling
+            link = await pool.connect(self.session, slot)
+        except BackendBusy as busy:
+            self.session.log.warning("backend_busy", reason=str(busy), code=421)
+            self._last_words(f"4.3.2 {hostname} all server ports are busy, try again later", "backend_busy")
+            return
         except BackendFailure as failure:
-            if self.transport.is_closing():
-                return
-            self.session.log.warning("backend_unavailable", reason=str(failure))
-            self._write(
-                reply(421, f"4.3.2 {self.proxy.config.hostname} service not available, try again later")
-            )
-            self.session.finish("backend_unavailable")
-            self.transport.close()
+            if not self.transport.is_closing():
+                self.session.log.warning("backend_unavailable", reason=str(failure))
+                self._last_words(
+                    f"4.3.2 {hostname} service not available, try again later", "backend_unavailable"
+                )
             return
         loop = asyncio.get_running_loop()
         if loop.time() < self.banner_at:
@@ -178,6 +193,11 @@ class Gate(asyncio.Protocol):
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def _last_words(self, text: str, outcome: str) -> None:
+        self._write(reply(421, text))
+        self.session.finish(outcome)
+        self.transport.close()
+
     def _write(self, data: bytes) -> None:
         self.session.bytes_out += len(data)
         self.transport.write(data)
@@ -201,7 +221,7 @@ class Gate(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.queued is not None:
+            self.queued.cancel()
         if not self.transport.is_closing():
-            self._write(reply(421, f"4.3.2 {self.proxy.config.hostname} service shutting down"))
-            self.session.finish("shutdown")
-            self.transport.close()
+            self._last_words(f"4.3.2 {self.proxy.config.hostname} service shutting down", "shutdown")

@@ -159,8 +159,7 @@ class RelaySession(ClientDialogue):
         return received_header(helo, self.session.client_ip, self.hostname, protocol, self.session.id)
 
     async def _restart_backend(self) -> None:
-        self.backend.close()
-        self.backend = await self.proxy.open_backend(self.session)
+        self.backend = await self.proxy.pool.reconnect(self.session, self.backend)
         if self.helo is not None:
             answer = await self._backend(self.helo_verb + b" " + self.helo)
             if answer.code != 250:

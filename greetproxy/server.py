@@ -12,16 +12,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from .backend import BackendFailure, BackendLink
 from .config import Endpoint, Settings
 from .gate import Gate
 from .guard import RelayStatus, check_relay, open_relay_advice
 from .logs import get_logger
+from .pool import BackendPool
 from .screening import Action
-from .session import Session
 
 RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
-MAX_BACKEND_LEAD = 0.5  # seconds: how far ahead of the banner the backend may be connected
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
 
 
@@ -43,8 +41,8 @@ class Proxy:
         self.pregreet_action = Action.named(config.pregreet_action)
         self.log = get_logger()
         self.connections: set[Connection] = set()
-        self.relay_checked = False
-        self.backend_latency = 0.0  # smoothed seconds from connect to the backend's greeting
+        self.pool = BackendPool(config)
+        self.jitter = config.jitter_seconds
         self.exit_status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -70,32 +68,17 @@ class Proxy:
         if not self.connections:
             self._idle.set()
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
             self.log.error("internal_error", error=repr(error), exc_info=error)
-
-    async def open_backend(self, session: Session) -> BackendLink:
-        if not self.relay_checked:
-            raise BackendFailure("the open-relay check of the backend has not passed yet")
-        config = self.config
-        started = time.monotonic()
-        link, _ = await BackendLink.open(
-            config.backend, config.backend_source, config.backend_connect_timeout
-        )
-        latency = time.monotonic() - started
-        self.backend_latency = 0.8 * self.backend_latency + 0.2 * latency if self.backend_latency else latency
-        return link
-
-    def backend_lead(self) -> float:
-        """How long before the banner is due to start connecting the backend."""
-        return min(2 * self.backend_latency + 0.005, MAX_BACKEND_LEAD)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -114,13 +97,15 @@ class Proxy:
             greet_pause=self.config.greet_pause,
             pregreet_action=self.config.pregreet_action,
             max_connections=self.config.max_connections,
+            backend_max_connections=self.config.backend_max_connections,
+            backend_connect_rate=self.config.backend_connect_rate,
         )
 
     async def _check_relay(self, first: bool) -> None:
         started = time.monotonic()
         check = await check_relay(self.config)
-        if check.status is not RelayStatus.UNKNOWN and not self.backend_latency:
-            self.backend_latency = time.monotonic() - started  # a whole dialogue: errs on the early side
+        if check.status is not RelayStatus.UNKNOWN and not self.pool.latency:
+            self.pool.latency = time.monotonic() - started  # a whole dialogue: errs on the early side
         if check.status is RelayStatus.OPEN and not self.config.allow_open_backend:
             advice = open_relay_advice(self.config, check)
             self.log.error("relay_check", status="open", detail=check.detail)
@@ -137,7 +122,7 @@ class Proxy:
                 )
                 self.spawn(self._retry_relay_check())
             return
-        self.relay_checked = True
+        self.pool.ready = True
         self.log.info(
             "relay_check",
             status=check.status.value,
@@ -146,7 +131,7 @@ class Proxy:
         )
 
     async def _retry_relay_check(self) -> None:
-        while not self.relay_checked and not self._stopping.is_set():
+        while not self.pool.ready and not self._stopping.is_set():
             await asyncio.sleep(RELAY_CHECK_RETRY)
             await self._check_relay(first=False)
 

@@ -20,12 +20,15 @@ def expect_421(port: int) -> None:
         assert client.is_closed()
 
 
-def test_backend_down_gives_421_and_the_proxy_recovers(proxy, backend):
+def test_backend_down_gives_421_and_the_proxy_recovers(start_proxy, backend):
+    proxy = start_proxy(backend_connect_timeout="1s")  # refused connects are retried this long
     backend.stop()
     try:
+        started = time.monotonic()
         expect_421(proxy.port)
+        assert time.monotonic() - started >= 1.0
         event = proxy.wait_event("backend_unavailable")
-        assert "connect" in event["reason"]
+        assert "Connection refused" in event["reason"]
     finally:
         backend.start()
     deliver(proxy.port, "recovered")

@@ -124,6 +124,10 @@ BAD_VALUES = {
     "max_connections": "0",
     "command_timeout": "0",
     "backend_connect_timeout": "-5s",
+    "backend_max_connections": "0",
+    "backend_queue_timeout": "0",
+    "backend_connect_rate": "fast",
+    "greet_pause_jitter": "150%",
     "max_errors": "many",
     "shutdown_grace": "30 sec",
     "allow_open_backend": "perhaps",
@@ -212,3 +216,22 @@ def test_variable_names_cover_every_setting() -> None:
     assert sorted(variable_names()) == sorted(
         f"GREETPROXY_{field.upper()}" for field in Settings.model_fields
     )
+
+
+@pytest.mark.parametrize(
+    ("pause", "jitter", "seconds"), [("5s", "10%", 0.5), ("2s", "0%", 0.0), ("5s", "250ms", 0.25), ("0", "10%", 0.0)]
+)
+def test_pause_jitter_is_a_share_of_the_pause_or_a_duration(pause: str, jitter: str, seconds: float) -> None:
+    settings = load({"GREETPROXY_GREET_PAUSE": pause, "GREETPROXY_GREET_PAUSE_JITTER": jitter})
+    assert settings.jitter_seconds == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("text", "rate"), [("15", 15.0), ("2.5", 2.5), ("unlimited", None), ("0", None)])
+def test_backend_connect_rate(text: str, rate: float | None) -> None:
+    assert load({"GREETPROXY_BACKEND_CONNECT_RATE": text}).backend_connect_rate == rate
+
+
+def test_backend_pressure_defaults() -> None:
+    settings = load({})
+    assert (settings.backend_max_connections, settings.backend_queue_timeout) == (100, 30.0)
+    assert settings.backend_connect_rate is None and settings.greet_pause_jitter == "10%"
