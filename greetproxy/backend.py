@@ -94,6 +94,13 @@ class BackendLink:
 
     def close(self) -> None:
         self._writer.close()
-        if self.slot is not None:
-            self.slot.release()
-            self.slot = None
+        slot, self.slot = self.slot, None
+        if slot is not None:  # free only once the socket is really closed, not merely asked to close
+            closed = asyncio.ensure_future(self._writer.wait_closed())
+            closed.add_done_callback(lambda done: _release_after(done, slot))
+
+
+def _release_after(closed: asyncio.Future[None], slot: Slot) -> None:
+    if not closed.cancelled():
+        closed.exception()  # a reset connection is closed all the same
+    slot.release()

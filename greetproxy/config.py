@@ -167,6 +167,11 @@ class Settings(BaseModel):
     command_timeout: Duration = Field(default=300.0, description="idle time allowed to a client or backend")
     backend_connect_timeout: Duration = Field(default=10.0, description="connect plus greeting from backend")
     backend_max_connections: int = Field(default=100, ge=1, description="backend connections open at most")
+    backend_connects: int = Field(
+        default=8,
+        ge=1,
+        description="backend connects in flight at most; keep it below the backend's listen backlog",
+    )
     backend_queue_timeout: Duration = Field(
         default=30.0, description="how long a client that passed may wait for a backend connection"
     )

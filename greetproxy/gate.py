@@ -151,7 +151,7 @@ class Gate(asyncio.Protocol):
         hostname = self.proxy.config.hostname
         try:
             try:
-                slot = await pool.admit(self.session)
+                slot = await pool.admit(self.session, self.banner_at)
             finally:
                 self.queued = None  # from here on a backend socket may be open: no cancelling
             link = await pool.connect(self.session, slot)

@@ -18,6 +18,7 @@ from .session import Session
 
 RETRY_FIRST = 0.05  # seconds before the first connect retry; doubles up to RETRY_MAX
 RETRY_MAX = 1.0
+MAX_LEAD = 0.5  # seconds: the most ahead of the banner that the backend is connected
 
 
 class BackendBusy(BackendFailure):
@@ -97,16 +98,19 @@ class BackendPool:
     def __init__(self, config: Settings) -> None:
         self.config = config
         self.slots = BackendSlots(config.backend_max_connections)
+        self.connecting = BackendSlots(config.backend_connects)
         self.pacer = ConnectPacer(config.backend_connect_rate)
         self.latency = 0.0  # smoothed seconds from connect to the backend's greeting
         self.ready = False  # the open-relay check has passed
 
-    def lead(self, limit: float) -> float:
-        """How long before the banner is due to start for the backend, at most ``limit``."""
-        return min(2 * self.latency + 0.005, limit)
+    def lead(self, pause: float) -> float:
+        """How long before the banner is due to start for the backend: a backend connected too
+        early costs a sendmail process for every client that early-talks in the last moments."""
+        return min(2 * self.latency + 0.005, MAX_LEAD, pause)
 
-    async def admit(self, session: Session) -> Slot:
-        """Wait for a free backend connection and a connect time, up to the queue timeout.
+    async def admit(self, session: Session, pause_end: float) -> Slot:
+        """Wait for a free backend connection and a connect time, up to the queue timeout counted
+        from ``pause_end`` (loop time; the wait may begin a little earlier, see ``lead``).
 
         Cancelling this (the client talked early or hung up) gives the place up; nothing is open yet.
         """
@@ -116,13 +120,14 @@ class BackendPool:
         started = loop.time()
         ahead = self.slots.queued
         timeout = self.config.backend_queue_timeout
+        deadline = pause_end + timeout
         try:
-            slot = await self.slots.acquire(timeout)
+            slot = await self.slots.acquire(deadline - started)
         except TimeoutError:
             raise BackendBusy(f"all {self.slots.limit} backend connections busy for {timeout:g}s") from None
         try:
             delay = self.pacer.reserve(loop.time())
-            if loop.time() + delay > started + timeout:
+            if loop.time() + delay > deadline:
                 raise BackendBusy(
                     f"backend connect rate: next connect in {delay:.1f}s, past the queue timeout"
                 )
@@ -146,9 +151,7 @@ class BackendPool:
             while True:
                 started = loop.time()
                 try:
-                    link, _ = await BackendLink.open(
-                        config.backend, config.backend_source, deadline - started
-                    )
+                    link = await self._attempt(deadline - started)
                 except BackendFailure as failure:
                     if not failure.retryable or loop.time() + backoff >= deadline:
                         raise
@@ -164,8 +167,22 @@ class BackendPool:
             slot.release()
             raise
 
-    async def open(self, session: Session) -> BackendLink:
-        return await self.connect(session, await self.admit(session))
+    async def _attempt(self, timeout: float) -> BackendLink:
+        """One connect, as one of at most ``backend_connects`` in flight: more would overflow the
+        backend's listen queue (sendmail's is 10), and the kernel would drop the extra SYNs."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            permit = await self.connecting.acquire(timeout)
+        except TimeoutError:
+            raise BackendFailure(f"no connect to the backend possible within {timeout:g}s") from None
+        try:
+            link, _ = await BackendLink.open(
+                self.config.backend, self.config.backend_source, timeout - (loop.time() - started)
+            )
+        finally:
+            permit.release()
+        return link
 
     async def reconnect(self, session: Session, link: BackendLink) -> BackendLink:
         """A fresh connection in place of ``link``, keeping its slot."""

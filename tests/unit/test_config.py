@@ -125,6 +125,7 @@ BAD_VALUES = {
     "command_timeout": "0",
     "backend_connect_timeout": "-5s",
     "backend_max_connections": "0",
+    "backend_connects": "none",
     "backend_queue_timeout": "0",
     "backend_connect_rate": "fast",
     "greet_pause_jitter": "150%",
@@ -219,7 +220,8 @@ def test_variable_names_cover_every_setting() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pause", "jitter", "seconds"), [("5s", "10%", 0.5), ("2s", "0%", 0.0), ("5s", "250ms", 0.25), ("0", "10%", 0.0)]
+    ("pause", "jitter", "seconds"),
+    [("5s", "10%", 0.5), ("2s", "0%", 0.0), ("5s", "250ms", 0.25), ("0", "10%", 0.0)],
 )
 def test_pause_jitter_is_a_share_of_the_pause_or_a_duration(pause: str, jitter: str, seconds: float) -> None:
     settings = load({"GREETPROXY_GREET_PAUSE": pause, "GREETPROXY_GREET_PAUSE_JITTER": jitter})
