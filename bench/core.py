@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -23,6 +24,11 @@ from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import Sendmail
 
 MESSAGE = b"Subject: bench\r\nFrom: bench@sender.example\r\n\r\n" + b"x" * 70 + b"\r\n" * 12
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def read_reply(reader: asyncio.StreamReader) -> int:
@@ -143,9 +149,12 @@ async def run(args: argparse.Namespace, sendmail: Sendmail) -> int:
     relay = proxy_for(sendmail, 0)
     await wait_listening(relay.port)
     direct_rates, proxied_rates = [], []
+    proxy_cpu = 0.0
     for round_number in range(args.rounds):
         direct_rates.append(await throughput(sendmail.port, args.senders, args.messages))
+        cpu_before = cpu_seconds(relay.pid)
         proxied_rates.append(await throughput(relay.port, args.senders, args.messages))
+        proxy_cpu += cpu_seconds(relay.pid) - cpu_before
         print(
             f"  round {round_number + 1}: direct {direct_rates[-1]:.0f} msg/s, "
             f"through the proxy {proxied_rates[-1]:.0f} msg/s",
@@ -155,10 +164,14 @@ async def run(args: argparse.Namespace, sendmail: Sendmail) -> int:
     relay.stop()
     direct, proxied = statistics.median(direct_rates), statistics.median(proxied_rates)
     print(f"throughput, {args.senders} concurrent senders x {args.messages} messages x {args.rounds} rounds:")
+    ratios = [proxied / direct for proxied, direct in zip(proxied_rates, direct_rates, strict=True)]
     print(
         f"  direct to sendmail {direct:.0f} msg/s, through greetproxy {proxied:.0f} msg/s, "
-        f"ratio {proxied / direct:.3f}"
+        f"ratio of medians {proxied / direct:.3f} "
+        f"(median of per-round ratios {statistics.median(ratios):.3f})"
     )
+    messages = args.rounds * args.senders * args.messages
+    print(f"  proxy CPU per relayed message {proxy_cpu / messages * 1e6:.0f} us (user + system)")
     return 0
 
 
