@@ -160,6 +160,18 @@ class Settings(BaseModel):
     pregreet_action: Literal["drop", "enforce", "ignore"] = Field(
         default="drop", description="what to do with a client that talks before the banner"
     )
+    non_smtp_action: Literal["drop", "enforce", "ignore"] = Field(
+        default="drop", description="a client that sends an HTTP request or header line as a command"
+    )
+    pipelining_action: Literal["drop", "enforce", "ignore"] = Field(
+        default="ignore", description="a client that sends commands before the EHLO reply or text before 354"
+    )
+    client_concurrency: int = Field(default=20, ge=1, description="open connections per client address")
+    client_rate: int = Field(default=60, ge=1, description="new connections per client address per minute")
+    stress_greet_pause: Duration = Field(
+        default=2.0, description="the pause while over 90% of max_connections wait in it (until below 70%)"
+    )
+    dry_run: bool = Field(default=False, description="run every test and log its verdict, but let all pass")
     hostname: str = Field(
         default_factory=socket.getfqdn, validate_default=True, description="name in the banner and Received"
     )
@@ -198,7 +210,7 @@ class Settings(BaseModel):
             return self.greet_pause * float(self.greet_pause_jitter[:-1]) / 100
         return parse_duration(self.greet_pause_jitter)
 
-    @field_validator("greet_pause")
+    @field_validator("greet_pause", "stress_greet_pause")
     @classmethod
     def _pause_within_rfc_limit(cls, value: float) -> float:
         if value > MAX_GREET_PAUSE:

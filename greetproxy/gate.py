@@ -15,7 +15,7 @@ from .backend import BackendFailure
 from .enforce import EnforceSession
 from .pool import BackendBusy
 from .relay import RelaySession
-from .screening import Action, Finding, Verdict, decide
+from .screening import Action, Finding, Verdict
 from .screening.pregreet import Pregreet, escape
 from .session import Session
 from .smtp.replies import reply
@@ -43,6 +43,7 @@ class Gate(asyncio.Protocol):
         "handed",
         "banner_at",
         "queued",
+        "waiting",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -53,6 +54,7 @@ class Gate(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.handed = False  # the connection belongs to the relay or the enforce engine now
         self.queued: asyncio.Task[None] | None = None  # waiting for a backend connection
+        self.waiting = False  # counted among the connections in the pause
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -61,15 +63,16 @@ class Gate(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         self.session = Session(peer[0], peer[1])
         config = self.proxy.config
-        if not self.proxy.admit(self):
+        refused = self.proxy.admit(self, self.session.client_ip)
+        if refused is not None and not config.dry_run:
             self.session.finished = True  # one event says it all under a flood
-            self.session.log.warning(
-                "reject", code=421, reason="max_connections", limit=config.max_connections
-            )
+            self.session.log.warning("reject", code=421, reason=refused, command="CONNECT")
             transport.write(reply(421, f"4.7.0 {config.hostname} too many connections, try again later"))
             transport.close()
             return
         self.session.log.info("connect", local=str(transport.get_extra_info("sockname")[0]))
+        if refused is not None:
+            self.session.log.info("dry_run", would="reject", reason=refused)
         if config.greet_banner:
             self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
         # The backend is connected a little ahead of the pause's end, so that the banner goes out
@@ -77,7 +80,8 @@ class Gate(asyncio.Protocol):
         # A random extra pause spreads clients that arrived together, so they do not all reach
         # the backend in the same instant.
         loop = asyncio.get_running_loop()
-        pause = config.greet_pause + random.uniform(0, self.proxy.jitter)
+        self.waiting = True
+        pause = self.proxy.wait_begins() + random.uniform(0, self.proxy.jitter)
         self.banner_at = loop.time() + pause
         self.timer = loop.call_later(pause - self.proxy.pool.lead(pause), self._pause_over)
 
@@ -97,6 +101,7 @@ class Gate(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.handed:
             return
+        self._stop_waiting()
         if self.timer is not None:
             self.timer.cancel()
         if self.queued is not None:
@@ -125,7 +130,7 @@ class Gate(asyncio.Protocol):
         self.timer = None
         if self.transport.is_closing():
             return
-        verdict = decide(self._findings())
+        verdict = self.proxy.decide(self.session, self._findings())
         if verdict.passed:
             self.queued = self.proxy.spawn(self._relay())
         elif verdict.action is Action.ENFORCE:  # greeted when the pause is over, like everyone
@@ -172,7 +177,8 @@ class Gate(asyncio.Protocol):
         if self.transport.is_closing():
             link.close()
             return
-        verdict = decide(self._findings())  # early talk may have come while the backend greeted
+        # early talk may have come while the backend greeted
+        verdict = self.proxy.decide(self.session, self._findings())
         if not verdict.passed:
             link.close()
             self._act(verdict)
@@ -193,6 +199,11 @@ class Gate(asyncio.Protocol):
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def _stop_waiting(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.proxy.wait_ends()
+
     def _last_words(self, text: str, outcome: str) -> None:
         self._write(reply(421, text))
         self.session.finish(outcome)
@@ -208,6 +219,7 @@ class Gate(asyncio.Protocol):
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         self.handed = True
+        self._stop_waiting()
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         if self.held:

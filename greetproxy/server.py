@@ -17,13 +17,18 @@ from .gate import Gate
 from .guard import RelayStatus, check_relay, open_relay_advice
 from .logs import get_logger
 from .pool import BackendPool
-from .screening import Action
+from .screening import Action, Finding, Verdict, decide
+from .screening.limits import ClientLimits
+from .session import Session
+from .stress import StressMode
 
 RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
 
 
 class Connection(Protocol):
+    session: Session
+
     def interrupt(self) -> None: ...
 
 
@@ -43,6 +48,9 @@ class Proxy:
         self.connections: set[Connection] = set()
         self.pool = BackendPool(config)
         self.jitter = config.jitter_seconds
+        self.limits = ClientLimits(config.client_concurrency, config.client_rate)
+        self.stress = StressMode(config.max_connections, self.log)
+        self.waiting = 0  # connections in the greet pause
         self.exit_status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -52,21 +60,49 @@ class Proxy:
 
     # -- what gates and sessions use ---------------------------------------------------------
 
-    def admit(self, connection: Connection) -> bool:
+    def admit(self, connection: Connection, ip: str) -> str | None:
+        """Take a new connection in, or return the limit that refuses it."""
         if self._stopping.is_set() or len(self.connections) >= self.config.max_connections:
-            return False
+            return "max_connections"
+        now = time.monotonic()
+        broken = self.limits.check(ip, now)
+        if broken is not None and not self.config.dry_run:
+            return broken
+        self.limits.count(ip, now)
         self.connections.add(connection)
         self._idle.clear()
-        return True
+        return broken  # only under a dry run: the caller logs it and lets the client in
 
     def swap(self, old: Connection, new: Connection) -> None:
         self.connections.discard(old)
         self.connections.add(new)
 
     def release(self, connection: Connection) -> None:
+        if connection in self.connections:
+            self.limits.release(connection.session.client_ip)
         self.connections.discard(connection)
         if not self.connections:
             self._idle.set()
+
+    def decide(self, session: Session, findings: list[Finding]) -> Verdict:
+        """The verdict on ``findings``; under a dry run it is logged and the client passes."""
+        verdict = decide(findings)
+        if self.config.dry_run and not verdict.passed:
+            assert verdict.action is not None
+            session.log.info("dry_run", would=verdict.action.name.lower(), reason=verdict.reason)
+            return Verdict(None, verdict.findings)
+        return verdict
+
+    def wait_begins(self) -> float:
+        """A client enters the pause; returns the pause it gets (shorter under stress)."""
+        self.waiting += 1
+        self.stress.update(self.waiting)
+        pause = self.config.greet_pause
+        return min(pause, self.config.stress_greet_pause) if self.stress.active else pause
+
+    def wait_ends(self) -> None:
+        self.waiting -= 1
+        self.stress.update(self.waiting)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -38,6 +38,8 @@ def throttled_sendmail(tmp_path_factory, sendmail) -> Sendmail:
 
 def run_proxy(backend: Sendmail, **overrides: str) -> ProxyProcess:
     overrides.setdefault("log_level", "info")
+    # every test client comes from 127.0.0.1: lift the per-client limits for these bursts
+    overrides.update(client_concurrency=str(CLIENTS), client_rate=str(10 * CLIENTS))
     return ProxyProcess(proxy_env(backend.port, **overrides)).start()
 
 
