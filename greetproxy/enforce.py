@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .dialogue import ClientDialogue
 from .session import Session
 from .smtp.commands import address_of, argument_of
+from .smtp.lines import Line
 from .smtp.replies import reply
 
 if TYPE_CHECKING:
@@ -33,12 +34,15 @@ class EnforceSession(ClientDialogue):
         self.reason = reason
         self.helo = ""
 
-    async def converse(self) -> str:
+    async def converse(self, first: tuple[str, Line] | None = None) -> str:
+        """``first``: a command already read (the relay hands over mid-session)."""
+        command = first
         while True:
-            command = await self.next_command()
             if command is None:
-                return "client_hangup"
-            verb, line = command
+                command = await self.next_command()
+                if command is None:
+                    return "client_hangup"
+            (verb, line), command = command, None
             if verb in ("HELO", "EHLO"):
                 self.helo = argument_of(line.text).decode("utf-8", "replace")
                 await self._send(reply(250, self.hostname))

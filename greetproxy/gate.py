@@ -90,7 +90,7 @@ class Gate(asyncio.Protocol):
         if self.pregreet is None:
             self.pregreet = Pregreet(after=self.session.age)
         self.pregreet.add(data)
-        if self.proxy.pregreet_action is Action.DROP:
+        if self.proxy.pregreet_action is Action.DROP and not self.proxy.config.dry_run:
             self._report_pregreet()
             self._refuse(554, "5.5.1 Protocol error: talked before the greeting", "pregreet")
             return

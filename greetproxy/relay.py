@@ -12,10 +12,14 @@ from typing import TYPE_CHECKING
 
 from .backend import BackendFailure, BackendLink
 from .dialogue import ClientDialogue, ClientGone
+from .enforce import EnforceSession
+from .screening import Action, Finding
+from .screening.protocol import non_smtp, pipelining
 from .session import Session
 from .smtp.body import LONG_LINE, BodyScanner
 from .smtp.commands import RELAYED_VERBS, address_of, argument_of
 from .smtp.ehlo import filter_ehlo, greeting_line
+from .smtp.lines import Line
 from .smtp.received import received_header
 from .smtp.replies import Reply
 
@@ -78,6 +82,13 @@ class RelaySession(ClientDialogue):
             if command is None:
                 return "client_hangup"
             verb, line = command
+            finding = self._screen(verb, line.text)
+            if finding is not None:
+                outcome = await self._act_on(finding, command)
+                if outcome is not None:
+                    return outcome
+                if finding.test == "non_smtp_command":
+                    continue  # ignored, but never passed to the backend
             if verb not in RELAYED_VERBS:
                 await self.refuse(verb, 502, "5.5.1 command not implemented", "not_relayed")
             elif verb == "DATA":
@@ -89,6 +100,37 @@ class RelaySession(ClientDialogue):
                     return "quit"
             if await self.too_many_errors():
                 return "too_many_errors"
+
+    def _screen(self, verb: str, line: bytes) -> Finding | None:
+        """The protocol tests after the banner; ``self.lines`` holds what came after the command."""
+        found = non_smtp(line, self.proxy.non_smtp_action)
+        if found is None and verb in ("EHLO", "HELO", "DATA"):
+            found = pipelining(verb, len(self.lines), self.proxy.pipelining_action)
+        return found
+
+    async def _act_on(self, finding: Finding, command: tuple[str, Line]) -> str | None:
+        """Log a failed protocol test and apply its action; an outcome ends the session."""
+        self.session.log.info(finding.test, detail=finding.detail, action=finding.action.name.lower())
+        verdict = self.proxy.decide(self.session, [finding])
+        if verdict.passed:
+            return None
+        if verdict.action is Action.DROP:
+            await self.refuse(command[0], 554, "5.5.1 Protocol error", finding.test)
+            return "rejected"
+        # enforce: the backend is let go, the enforce engine answers from this command on
+        self.backend.close()
+        engine = EnforceSession(self.proxy, self.session, self.reader, self.writer, finding.test)
+        engine.lines, engine.errors, engine.task, engine.watchdog = (
+            self.lines,
+            self.errors,
+            self.task,
+            self.watchdog,
+        )
+        self.proxy.swap(self, engine)
+        try:
+            return await engine.converse(first=command)
+        finally:
+            self.proxy.swap(engine, self)
 
     def _observe(self, verb: str, line: bytes, answer: Reply) -> Reply:
         """Track the transaction and rewrite the greeting replies to name the proxy."""

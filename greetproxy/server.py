@@ -44,6 +44,8 @@ class Proxy:
     def __init__(self, config: Settings) -> None:
         self.config = config
         self.pregreet_action = Action.named(config.pregreet_action)
+        self.non_smtp_action = Action.named(config.non_smtp_action)
+        self.pipelining_action = Action.named(config.pipelining_action)
         self.log = get_logger()
         self.connections: set[Connection] = set()
         self.pool = BackendPool(config)

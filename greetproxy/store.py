@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import os
 import sqlite3
 import time
@@ -70,7 +71,7 @@ class SqlitePassCache:
     The command line changes the file behind the daemon's back. Every ``refresh_every`` seconds the
     write thread asks SQLite whether another connection committed since (``PRAGMA data_version``, one
     cheap query) and if so reloads the dict, so a ``greetproxy cache forget`` reaches the daemon within
-    a second, with no signal and no check on the ``get`` path.
+    ``refresh_every`` (a second by default), with no signal and no check on the ``get`` path.
     """
 
     def __init__(
@@ -130,14 +131,21 @@ class SqlitePassCache:
         return sorted((key, expires) for key, expires in self._entries.items() if expires > now)
 
     async def purge(self) -> int:
-        """Delete the expired passes, from memory and from the file; how many rows went.
+        """Delete the expired passes, from the file and from memory; how many there were.
 
         The daemon should schedule it every few minutes: expired passes are never served, but
-        nothing else removes them.
+        nothing else removes them. The loop only spends time on the expired keys, not on them all.
         """
         now = time.time()
-        self._entries = {key: expires for key, expires in self._entries.items() if expires > now}
-        return await self._run(self._file.purge, now)
+        expired = await self._run(self._file.purge, now)
+
+        def drop(entries: dict[str, float]) -> None:
+            for key in expired:
+                if entries.get(key, math.inf) <= now:  # unless a put queued behind the purge renewed it
+                    del entries[key]
+
+        self._change(drop)
+        return len(expired)
 
     async def refresh(self) -> bool:
         """Reload the dict if another process changed the file since the last look; True if it had."""
@@ -196,9 +204,8 @@ class _File:
 
     def __init__(self, path: Path) -> None:
         self.connection = sqlite3.connect(path, isolation_level=None)  # autocommit: a statement, a commit
-        self.connection.execute(
-            "PRAGMA journal_mode=WAL"
-        )  # readers and the one writer never wait on each other
+        # WAL: readers (the command line among them) and the one writer never wait on each other.
+        self.connection.execute("PRAGMA journal_mode=WAL")
         # Safe from corruption in WAL mode; a power cut may lose the last passes: those clients pause again.
         self.connection.execute("PRAGMA synchronous=NORMAL")
         self.connection.execute(
@@ -222,8 +229,12 @@ class _File:
         self.connection.execute("DELETE FROM pass")
         return live
 
-    def purge(self, now: float) -> int:
-        return self.connection.execute("DELETE FROM pass WHERE expires <= ?", (now,)).rowcount
+    def purge(self, now: float) -> list[str]:
+        expired = [
+            key for (key,) in self.connection.execute("SELECT key FROM pass WHERE expires <= ?", (now,))
+        ]
+        self.connection.execute("DELETE FROM pass WHERE expires <= ?", (now,))
+        return expired
 
     def changes(self, now: float) -> dict[str, float] | None:
         """The rows, if another connection committed since the last call (our own commits do not count)."""

@@ -125,6 +125,19 @@ def test_purge_drops_expired_rows(tmp_path: Path) -> None:
     assert [key for key, _ in rows(path)] == ["192.0.2.3/32", "192.0.2.4/32"]
 
 
+def test_a_put_queued_behind_a_purge_renews_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "passes.db"
+    expires = time.time() + HOUR
+
+    async def use(cache: SqlitePassCache) -> tuple[int, float | None]:
+        await cache.put("192.0.2.0/24", time.time() - 1)
+        purged, _ = await asyncio.gather(cache.purge(), cache.put("192.0.2.0/24", expires))
+        return purged, await cache.get("192.0.2.0/24")
+
+    assert with_cache(path, use) == (1, expires)
+    assert rows(path) == [("192.0.2.0/24", expires)]
+
+
 def test_many_tasks_at_once_leave_memory_and_file_agreeing(tmp_path: Path) -> None:
     path = tmp_path / "passes.db"
     expires = time.time() + HOUR
@@ -155,9 +168,9 @@ def test_a_cancelled_put_is_still_written(tmp_path: Path) -> None:
         put = asyncio.create_task(cache.put("192.0.2.0/24", expires))
         await asyncio.sleep(0)
         put.cancel()
-        release.set()
         with pytest.raises(asyncio.CancelledError):
             await put
+        release.set()
 
     with_cache(path, use)
     assert rows(path) == [("192.0.2.0/24", expires)]
