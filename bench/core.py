@@ -118,6 +118,7 @@ def proxy_for(sendmail: Sendmail, pause: float) -> ProxyProcess:
             "GREETPROXY_GREET_PAUSE": f"{pause}s",
             "GREETPROXY_HOSTNAME": "proxy.bench.test",
             "GREETPROXY_LOG_LEVEL": "warning",
+            "GREETPROXY_PASS_TTL": "0",  # every bench client is 127.0.0.1: measure the pause each time
         }
     ).start(wait_for=None)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
 import uvloop
 
@@ -20,12 +22,47 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the proxy in front of an embedded backend, on loopback")
     demo.add_argument("--maildir", default="demo-maildir", help="where the demo backend stores messages")
     demo.add_argument("--port", type=int, default=2525, help="loopback port of the demo proxy")
+    cache = commands.add_parser("cache", help="inspect or edit the pass cache (GREETPROXY_STATE_DIR)")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    cache_commands.add_parser("list", help="every remembered pass and when it expires")
+    forget = cache_commands.add_parser("forget", help="withdraw the pass that covers an address")
+    forget.add_argument("ip")
+    cache_commands.add_parser("clear", help="withdraw every pass")
     args = parser.parse_args(argv)
+    if args.command == "cache":
+        return cache_main(args)
     if args.command == "demo":
         from .demo import demo_main
 
         return demo_main(args.maildir, args.port)
     return run_main()
+
+
+def cache_main(args: argparse.Namespace) -> int:
+    """Works beside a running daemon: it notices the change within about a second."""
+    from .server import PASS_CACHE_FILE
+    from .store import StoreError, cache_clear, cache_entries, cache_forget
+
+    try:
+        settings = config.load()
+    except config.ConfigError as error:
+        print(f"greetproxy: {error}", file=sys.stderr)
+        return 2
+    path = Path(settings.state_dir) / PASS_CACHE_FILE
+    try:
+        if args.cache_command == "list":
+            for key, expires in cache_entries(path):
+                print(f"{key}\t{datetime.fromtimestamp(expires, UTC).isoformat(timespec='seconds')}")
+        elif args.cache_command == "forget":
+            if not cache_forget(path, args.ip, *settings.pass_prefix):
+                print(f"greetproxy: no pass covers {args.ip}", file=sys.stderr)
+                return 1
+        else:
+            print(f"cleared {cache_clear(path)} passes")
+    except (StoreError, ValueError) as error:
+        print(f"greetproxy: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_main() -> int:

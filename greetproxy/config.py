@@ -128,6 +128,20 @@ def parse_jitter(value: object) -> str:
     return text
 
 
+def parse_prefixes(value: object) -> tuple[int, int]:
+    """``32,128`` (one address each) or e.g. ``24,64``."""
+    if isinstance(value, tuple):
+        return value
+    parts = str(value).replace(" ", "").split(",")
+    try:
+        prefix4, prefix6 = (int(part) for part in parts)
+    except ValueError:
+        raise ValueError("expected an IPv4 and an IPv6 prefix length, such as 32,128 or 24,64") from None
+    if not (0 < prefix4 <= 32 and 0 < prefix6 <= 128):
+        raise ValueError("expected prefix lengths from 1 to 32 (IPv4) and 1 to 128 (IPv6)")
+    return prefix4, prefix6
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
@@ -170,6 +184,16 @@ class Settings(BaseModel):
     client_rate: int = Field(default=60, ge=1, description="new connections per client address per minute")
     stress_greet_pause: Duration = Field(
         default=2.0, description="the pause while over 90% of max_connections wait in it (until below 70%)"
+    )
+    access_file: str | None = Field(
+        default=None, description="lines of `CIDR permit|reject|screen|pause=<duration>`; SIGHUP re-reads it"
+    )
+    state_dir: str = Field(default="/var/lib/greetproxy", description="where the pass cache (SQLite) lives")
+    pass_ttl: Duration = Field(
+        default=86400.0, description="how long a client that passed is remembered; 0: never"
+    )
+    pass_prefix: Annotated[tuple[int, int], BeforeValidator(parse_prefixes)] = Field(
+        default=(32, 128), description="IPv4,IPv6 prefix lengths a pass covers (24,64: a provider's pool)"
     )
     dry_run: bool = Field(default=False, description="run every test and log its verdict, but let all pass")
     hostname: str = Field(
@@ -222,6 +246,13 @@ class Settings(BaseModel):
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("expected a duration above 0")
+        return value
+
+    @field_validator("access_file", "state_dir")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("expected a path, not an empty value")
         return value
 
     @field_validator("hostname")

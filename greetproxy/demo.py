@@ -10,6 +10,7 @@ import asyncio
 import mailbox
 import signal
 import socket
+import tempfile
 from pathlib import Path
 
 import aiosmtplib
@@ -66,7 +67,7 @@ def say(text: str) -> None:
     print(f"\n>>> {text}", flush=True)
 
 
-async def _demo(maildir: Path, port: int) -> int:
+async def _demo(maildir: Path, port: int, state: Path) -> int:
     loop = asyncio.get_running_loop()
     backend = await start_backend(maildir)
     backend_port = backend.sockets[0].getsockname()[1]
@@ -78,6 +79,11 @@ async def _demo(maildir: Path, port: int) -> int:
             "GREETPROXY_HOSTNAME": DEMO_HOSTNAME,
             "GREETPROXY_SHUTDOWN_GRACE": "2s",
             "GREETPROXY_LOG_FORMAT": "console",
+            # The demo's clients come from loopback, which is permitted (not screened) by default.
+            "GREETPROXY_ACCESS_FILE": str(write_access_file(state)),
+            "GREETPROXY_STATE_DIR": str(state),
+            # ... and all from 127.0.0.1: a remembered pass would let the early talker skip the pause.
+            "GREETPROXY_PASS_TTL": "0",
         }
     )
     logs.configure(settings.log_format, settings.log_level)
@@ -134,5 +140,12 @@ async def _demo(maildir: Path, port: int) -> int:
     return 0
 
 
+def write_access_file(state: Path) -> Path:
+    path = state / "access"
+    path.write_text("# the demo screens loopback clients like any others\n127.0.0.0/8 screen\n::1 screen\n")
+    return path
+
+
 def demo_main(maildir: str, port: int) -> int:
-    return uvloop.run(_demo(Path(maildir).resolve(), port))
+    with tempfile.TemporaryDirectory(prefix="greetproxy-demo-") as state:
+        return uvloop.run(_demo(Path(maildir).resolve(), port, Path(state)))

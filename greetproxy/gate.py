@@ -16,6 +16,7 @@ from .enforce import EnforceSession
 from .pool import BackendBusy
 from .relay import RelaySession
 from .screening import Action, Finding, Verdict
+from .screening.access import AccessAction
 from .screening.pregreet import Pregreet, escape
 from .session import Session
 from .smtp.replies import reply
@@ -44,6 +45,7 @@ class Gate(asyncio.Protocol):
         "banner_at",
         "queued",
         "waiting",
+        "via",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -62,17 +64,32 @@ class Gate(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         self.session = Session(peer[0], peer[1])
-        config = self.proxy.config
-        refused = self.proxy.admit(self, self.session.client_ip)
+        proxy, config, ip = self.proxy, self.proxy.config, self.session.client_ip
+        entry = proxy.access.lookup(ip)
+        access = entry.action if entry is not None else None
+        refused = proxy.admit(self, ip, exempt=access is AccessAction.PERMIT)
         if refused is not None and not config.dry_run:
             self.session.finished = True  # one event says it all under a flood
             self.session.log.warning("reject", code=421, reason=refused, command="CONNECT")
             transport.write(reply(421, f"4.7.0 {config.hostname} too many connections, try again later"))
             transport.close()
             return
-        self.session.log.info("connect", local=str(transport.get_extra_info("sockname")[0]))
+        local = str(transport.get_extra_info("sockname")[0])
+        if entry is None:
+            self.session.log.info("connect", local=local)
+        else:
+            self.session.log.info("connect", local=local, access=access.value, access_entry=entry.source)
         if refused is not None:
             self.session.log.info("dry_run", would="reject", reason=refused)
+        if access is AccessAction.REJECT:
+            if not config.dry_run:
+                self._refuse(554, f"5.7.1 Service unavailable; client [{ip}] blocked", "access")
+                return
+            self.session.log.info("dry_run", would="reject", reason="access")
+        # Permitted clients skip every test; a remembered pass skips the pause (postscreen's PASS OLD).
+        self.via = (
+            "permit" if access is AccessAction.PERMIT else "cache" if proxy.cached_pass(ip) else "tests"
+        )
         if config.greet_banner:
             self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
         # The backend is connected a little ahead of the pause's end, so that the banner goes out
@@ -81,7 +98,12 @@ class Gate(asyncio.Protocol):
         # the backend in the same instant.
         loop = asyncio.get_running_loop()
         self.waiting = True
-        pause = self.proxy.wait_begins() + random.uniform(0, self.proxy.jitter)
+        if self.via != "tests":
+            pause = proxy.wait_begins(0.0)
+        else:
+            own = entry.pause if access is AccessAction.PAUSE else None
+            pause = proxy.wait_begins(config.greet_pause if own is None else own)
+            pause += random.uniform(0, proxy.jitter) if pause else 0.0
         self.banner_at = loop.time() + pause
         self.timer = loop.call_later(pause - self.proxy.pool.lead(pause), self._pause_over)
 
@@ -90,8 +112,11 @@ class Gate(asyncio.Protocol):
         if self.pregreet is None:
             self.pregreet = Pregreet(after=self.session.age)
         self.pregreet.add(data)
-        if self.proxy.pregreet_action is Action.DROP and not self.proxy.config.dry_run:
+        if self.via == "permit":
+            pass  # skips every test: the bytes are relayed as they are
+        elif self.proxy.pregreet_action is Action.DROP and not self.proxy.config.dry_run:
             self._report_pregreet()
+            self.proxy.forget(self.session.client_ip)
             self._refuse(554, "5.5.1 Protocol error: talked before the greeting", "pregreet")
             return
         self.held += data
@@ -112,10 +137,12 @@ class Gate(asyncio.Protocol):
     # -- decisions ---------------------------------------------------------------------------
 
     def _findings(self) -> list[Finding]:
-        return [self.pregreet.finding(self.proxy.pregreet_action)] if self.pregreet else []
+        if self.via == "permit" or self.pregreet is None:
+            return []
+        return [self.pregreet.finding(self.proxy.pregreet_action)]
 
     def _report_pregreet(self) -> None:
-        if self.pregreet is None or self.reported:
+        if self.pregreet is None or self.reported or self.via == "permit":
             return
         self.reported = True
         self.session.log.info(
@@ -139,6 +166,7 @@ class Gate(asyncio.Protocol):
             self._act(verdict)
 
     def _act(self, verdict: Verdict) -> None:
+        self.proxy.forget(self.session.client_ip)
         self._report_pregreet()
         if verdict.action is Action.DROP:
             self._refuse(554, "5.7.1 Service unavailable", verdict.reason)
@@ -185,7 +213,15 @@ class Gate(asyncio.Protocol):
             return
         self._report_pregreet()
         ignored = [finding.test for finding in verdict.findings]
-        self.session.log.info("pass", waited=round(self.session.age, 3), ignored=ignored)
+        self.session.log.info(
+            "pass",
+            waited=round(self.session.age, 3),
+            via=self.via,
+            cached=self.via == "cache",
+            ignored=ignored,
+        )
+        if self.via == "tests" and not verdict.findings:
+            self.proxy.remember(self.session.client_ip)
         reader, writer = self._hand_over()
         relay = RelaySession(self.proxy, self.session, reader, writer, link)
         self.proxy.swap(self, relay)

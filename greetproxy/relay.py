@@ -111,6 +111,7 @@ class RelaySession(ClientDialogue):
     async def _act_on(self, finding: Finding, command: tuple[str, Line]) -> str | None:
         """Log a failed protocol test and apply its action; an outcome ends the session."""
         self.session.log.info(finding.test, detail=finding.detail, action=finding.action.name.lower())
+        self.proxy.forget(self.session.client_ip)
         verdict = self.proxy.decide(self.session, [finding])
         if verdict.passed:
             return None

@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Endpoint, Settings
@@ -18,10 +19,14 @@ from .guard import RelayStatus, check_relay, open_relay_advice
 from .logs import get_logger
 from .pool import BackendPool
 from .screening import Action, Finding, Verdict, decide
+from .screening.access import AccessFileError, AccessList
 from .screening.limits import ClientLimits
 from .session import Session
+from .store import SqlitePassCache, StoreError, cache_key
 from .stress import StressMode
 
+PASS_CACHE_FILE = "passcache.sqlite"
+CACHE_PURGE_EVERY = 3600.0  # seconds
 RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
 
@@ -53,6 +58,8 @@ class Proxy:
         self.limits = ClientLimits(config.client_concurrency, config.client_rate)
         self.stress = StressMode(config.max_connections, self.log)
         self.waiting = 0  # connections in the greet pause
+        self.access = AccessList()
+        self.cache: SqlitePassCache | None = None
         self.exit_status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -62,12 +69,13 @@ class Proxy:
 
     # -- what gates and sessions use ---------------------------------------------------------
 
-    def admit(self, connection: Connection, ip: str) -> str | None:
-        """Take a new connection in, or return the limit that refuses it."""
+    def admit(self, connection: Connection, ip: str, exempt: bool) -> str | None:
+        """Take a new connection in, or return the limit that refuses it; ``exempt`` (permitted
+        clients) skips the per-client limits."""
         if self._stopping.is_set() or len(self.connections) >= self.config.max_connections:
             return "max_connections"
         now = time.monotonic()
-        broken = self.limits.check(ip, now)
+        broken = None if exempt else self.limits.check(ip, now)
         if broken is not None and not self.config.dry_run:
             return broken
         self.limits.count(ip, now)
@@ -95,11 +103,10 @@ class Proxy:
             return Verdict(None, verdict.findings)
         return verdict
 
-    def wait_begins(self) -> float:
+    def wait_begins(self, pause: float) -> float:
         """A client enters the pause; returns the pause it gets (shorter under stress)."""
         self.waiting += 1
         self.stress.update(self.waiting)
-        pause = self.config.greet_pause
         return min(pause, self.config.stress_greet_pause) if self.stress.active else pause
 
     def wait_ends(self) -> None:
@@ -122,6 +129,15 @@ class Proxy:
 
     async def start(self) -> None:
         raise_file_limit(self.log)
+        self.access = self._load_access()
+        if self.config.pass_ttl > 0:
+            try:
+                self.cache = await SqlitePassCache.open(Path(self.config.state_dir) / PASS_CACHE_FILE)
+            except StoreError as error:
+                raise StartupError(
+                    f"GREETPROXY_STATE_DIR={self.config.state_dir!r}: {error}", status=2
+                ) from None
+            self.spawn(self._purge_cache(self.cache))
         await self._check_relay(first=True)
         loop = asyncio.get_running_loop()
         for endpoint in self.config.listen:
@@ -176,6 +192,47 @@ class Proxy:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _load_access(self) -> AccessList:
+        path = self.config.access_file
+        if path is None:
+            return AccessList()
+        try:
+            access = AccessList.load(path)
+        except AccessFileError as error:
+            raise StartupError(str(error), status=2) from None
+        self.log.info("access_list", path=path, entries=len(access.entries))
+        return access
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the access file; a bad file keeps the old list. Connections in flight
+        keep the entry they were given; new ones see the new list (one assignment: atomic)."""
+        try:
+            self.access = self._load_access()
+        except StartupError as error:
+            self.log.error("access_list", path=self.config.access_file, error=str(error), kept="old list")
+
+    def cache_key(self, ip: str) -> str:
+        return cache_key(ip, *self.config.pass_prefix)
+
+    def cached_pass(self, ip: str) -> bool:
+        return self.cache is not None and self.cache.peek(self.cache_key(ip)) is not None
+
+    def remember(self, ip: str) -> None:
+        if self.cache is not None:
+            self.spawn(self.cache.put(self.cache_key(ip), time.time() + self.config.pass_ttl))
+
+    def forget(self, ip: str) -> None:
+        """A failed test: the client's pass (if it had one; most bots have none) is withdrawn."""
+        if self.cached_pass(ip):
+            assert self.cache is not None
+            self.spawn(self.cache.forget(self.cache_key(ip)))
+
+    async def _purge_cache(self, cache: SqlitePassCache) -> None:
+        while True:
+            await asyncio.sleep(CACHE_PURGE_EVERY)
+            purged = await cache.purge()
+            self.log.info("cache_purge", purged=purged)
+
     async def stopped(self) -> None:
         await self._stopping.wait()
 
@@ -184,6 +241,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.stopped()
         await self.shutdown()
         return self.exit_status
@@ -212,6 +270,8 @@ class Proxy:
             await asyncio.wait(self._tasks, timeout=TASK_WIND_DOWN)
         for server in self._servers:
             await server.wait_closed()
+        if self.cache is not None:
+            await self.cache.close()
         self.log.info("stopped", left=len(self.connections))
 
 

@@ -42,6 +42,9 @@ def cache_key(ip: str, prefix4: int, prefix6: int) -> str:
 
 
 class PassCache(Protocol):
+    def peek(self, key: str) -> float | None:
+        """The expiry as this process knows it, without waiting (the gate asks on every connect)."""
+
     async def get(self, key: str) -> float | None:
         """When the pass of ``key`` expires (unix time); None if there is none or it has expired."""
 
@@ -110,9 +113,12 @@ class SqlitePassCache:
             raise
         return cls(path, executor, file, entries, refresh_every)
 
-    async def get(self, key: str) -> float | None:
+    def peek(self, key: str) -> float | None:
         expires = self._entries.get(key)
         return expires if expires is not None and expires > time.time() else None
+
+    async def get(self, key: str) -> float | None:
+        return self.peek(key)
 
     async def put(self, key: str, expires: float) -> None:
         self._change(lambda entries: entries.update({key: expires}))

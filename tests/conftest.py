@@ -46,6 +46,8 @@ def proxy_env(backend_port: int, **overrides: str) -> dict[str, str]:
         "GREETPROXY_HOSTNAME": PROXY_HOSTNAME,
         "GREETPROXY_SHUTDOWN_GRACE": "2s",
         "GREETPROXY_LOG_LEVEL": "debug",
+        # every test client comes from 127.0.0.1: one pass would let the rest skip the pause
+        "GREETPROXY_PASS_TTL": "0",
     }
     env.update({f"GREETPROXY_{key.upper()}": value for key, value in overrides.items()})
     return env

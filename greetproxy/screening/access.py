@@ -25,7 +25,7 @@ from ..config import MAX_GREET_PAUSE, parse_duration
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_EXPECTED_ACTION = "expected permit, reject or pause=<duration>"
+_EXPECTED_ACTION = "expected permit, reject, screen or pause=<duration>"
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _LOOPBACK = (ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv6Network("::1/128"))
 
@@ -38,6 +38,7 @@ class AccessAction(enum.Enum):
     PERMIT = "permit"  # skip every test and the pause
     REJECT = "reject"  # 554 5.7.1 and close
     PAUSE = "pause"  # this network's own greet pause
+    SCREEN = "screen"  # no special treatment: e.g. to test the proxy from loopback, permitted by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,7 @@ def _entry(words: list[str], source: str) -> AccessEntry:
     if len(words) > 2:
         raise ValueError(f"unexpected {words[2]!r} after the action (one network and one action a line)")
     action = words[1]
-    if action in ("permit", "reject"):
+    if action in ("permit", "reject", "screen"):
         return AccessEntry(network, AccessAction(action), None, source)
     if action.startswith("pause="):
         return AccessEntry(network, AccessAction.PAUSE, _pause(action.removeprefix("pause=")), source)

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from greetproxy.screening.access import AccessAction, AccessEntry, AccessFileError, AccessList
 
+EXPECTED = "expected permit, reject, screen or pause=<duration>"
+
 PERMIT, REJECT, PAUSE = AccessAction.PERMIT, AccessAction.REJECT, AccessAction.PAUSE
 
 SAMPLE = """\
@@ -117,10 +119,10 @@ def test_a_list_cannot_be_changed() -> None:
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ("192.0.2.0/24 allow", "unknown action 'allow' (expected permit, reject or pause=<duration>)"),
-        ("192.0.2.0/24 pause", "unknown action 'pause' (expected permit, reject or pause=<duration>)"),
-        ("192.0.2.0/24 Permit", "unknown action 'Permit' (expected permit, reject or pause=<duration>)"),
-        ("192.0.2.0/24", "no action after 192.0.2.0/24 (expected permit, reject or pause=<duration>)"),
+        ("192.0.2.0/24 allow", f"unknown action 'allow' ({EXPECTED})"),
+        ("192.0.2.0/24 pause", f"unknown action 'pause' ({EXPECTED})"),
+        ("192.0.2.0/24 Permit", f"unknown action 'Permit' ({EXPECTED})"),
+        ("192.0.2.0/24", f"no action after 192.0.2.0/24 ({EXPECTED})"),
         ("192.0.2.1/24 permit", "192.0.2.1/24 has host bits set; did you mean 192.0.2.0/24?"),
         ("2001:db8::1/32 reject", "2001:db8::1/32 has host bits set; did you mean 2001:db8::/32?"),
         ("192.0.2.300 permit", "'192.0.2.300' is not an IP address or network such as 192.0.2.0/24"),
