@@ -142,6 +142,29 @@ def parse_prefixes(value: object) -> tuple[int, int]:
     return prefix4, prefix6
 
 
+def check_dnsbl_sites(value: object) -> str | None:
+    if value is None or not str(value).strip():
+        return None
+    from .screening.dnsbl import parse_sites  # the syntax lives with the test that uses it
+
+    try:
+        parse_sites(str(value))
+    except ValueError as error:
+        raise ValueError(f"expected a list of domain[=filter][*weight]; {error}") from None
+    return str(value)
+
+
+def parse_dns_servers(value: object) -> tuple[Endpoint, ...]:
+    if isinstance(value, tuple):
+        return value
+    servers = []
+    for part in (part.strip() for part in str(value).split(",")):
+        if part:
+            has_port = part.startswith("[") or part.count(":") == 1
+            servers.append(parse_endpoint(part) if has_port else Endpoint(_ip_literal(part), 53))
+    return tuple(servers)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
@@ -195,6 +218,18 @@ class Settings(BaseModel):
     pass_prefix: Annotated[tuple[int, int], BeforeValidator(parse_prefixes)] = Field(
         default=(32, 128), description="IPv4,IPv6 prefix lengths a pass covers (24,64: a provider's pool)"
     )
+    dnsbl_sites: Annotated[str | None, BeforeValidator(check_dnsbl_sites)] = Field(
+        default=None, description="postscreen syntax: `zen.spamhaus.org=127.0.0.[2..11]*3, list.dnswl.org*-5`"
+    )
+    dnsbl_threshold: int = Field(default=1, ge=1, description="a score at or above it fails the test")
+    dnsbl_action: Literal["drop", "enforce", "ignore"] = Field(default="drop", description="a listed client")
+    dnswl_threshold: int | None = Field(
+        default=None, lt=0, description="a score at or below it skips the pause and the other tests"
+    )
+    dnsbl_timeout: Duration = Field(default=2.0, description="how long lookups may take, from connect")
+    dns_servers: Annotated[tuple[Endpoint, ...], BeforeValidator(parse_dns_servers)] = Field(
+        default=(), description="resolvers as host[:port] (default port 53); empty: /etc/resolv.conf"
+    )
     dry_run: bool = Field(default=False, description="run every test and log its verdict, but let all pass")
     hostname: str = Field(
         default_factory=socket.getfqdn, validate_default=True, description="name in the banner and Received"
@@ -241,7 +276,7 @@ class Settings(BaseModel):
             raise ValueError("expected a duration of at most 300s (clients give up on the greeting after 5m)")
         return value
 
-    @field_validator("command_timeout", "backend_connect_timeout", "backend_queue_timeout")
+    @field_validator("command_timeout", "backend_connect_timeout", "backend_queue_timeout", "dnsbl_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

@@ -17,6 +17,7 @@ from .pool import BackendBusy
 from .relay import RelaySession
 from .screening import Action, Finding, Verdict
 from .screening.access import AccessAction
+from .screening.dnsbl import DnsblScore
 from .screening.pregreet import Pregreet, escape
 from .session import Session
 from .smtp.replies import reply
@@ -46,6 +47,9 @@ class Gate(asyncio.Protocol):
         "queued",
         "waiting",
         "via",
+        "dns",
+        "dns_result",
+        "dns_waiting",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -57,6 +61,9 @@ class Gate(asyncio.Protocol):
         self.handed = False  # the connection belongs to the relay or the enforce engine now
         self.queued: asyncio.Task[None] | None = None  # waiting for a backend connection
         self.waiting = False  # counted among the connections in the pause
+        self.dns: asyncio.Task[DnsblScore] | None = None  # the DNSBL lookup, shared per address
+        self.dns_result: DnsblScore | None = None
+        self.dns_waiting = False  # the pause is over; the verdict waits for the lookup
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -90,6 +97,9 @@ class Gate(asyncio.Protocol):
         self.via = (
             "permit" if access is AccessAction.PERMIT else "cache" if proxy.cached_pass(ip) else "tests"
         )
+        if self.via == "tests" and proxy.dnsbl is not None:  # runs during the pause, not after it
+            self.dns = proxy.dnsbl.lookup(ip)
+            self.dns.add_done_callback(self._dns_answered)
         if config.greet_banner:
             self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
         # The backend is connected a little ahead of the pause's end, so that the banner goes out
@@ -137,9 +147,36 @@ class Gate(asyncio.Protocol):
     # -- decisions ---------------------------------------------------------------------------
 
     def _findings(self) -> list[Finding]:
-        if self.via == "permit" or self.pregreet is None:
+        if self.via in ("permit", "dnswl"):
             return []
-        return [self.pregreet.finding(self.proxy.pregreet_action)]
+        findings = [self.pregreet.finding(self.proxy.pregreet_action)] if self.pregreet else []
+        if self.dns_result is not None and self.proxy.dnsbl is not None:
+            listed = self.proxy.dnsbl.finding(self.dns_result, self.proxy.dnsbl_action)
+            if listed is not None:
+                findings.append(listed)
+        return findings
+
+    def _dns_answered(self, task: asyncio.Task[DnsblScore]) -> None:
+        if self.handed or self.session.finished or task.cancelled():
+            return
+        self.dns_result = result = task.result()
+        self.session.log.info(
+            "dnsbl",
+            score=result.score,
+            listed=[f"{listing.domain}={listing.answer}" for listing in result.listings],
+            errors=[
+                f"{error.domain}: {error.kind} {error.answer or error.detail}" for error in result.errors
+            ],
+        )
+        assert self.proxy.dnsbl is not None
+        if self.timer is not None and self.proxy.dnsbl.allowlisted(result):
+            self.timer.cancel()  # a DNSWL-listed client waits no longer and skips the other tests
+            self.via = "dnswl"
+            self.banner_at = asyncio.get_running_loop().time()
+            self._pause_over()
+        elif self.dns_waiting:
+            self.dns_waiting = False
+            self._pause_over()
 
     def _report_pregreet(self) -> None:
         if self.pregreet is None or self.reported or self.via == "permit":
@@ -157,6 +194,9 @@ class Gate(asyncio.Protocol):
         self.timer = None
         if self.transport.is_closing():
             return
+        if self.dns is not None and not self.dns.done():
+            self.dns_waiting = True  # the lookup ends within GREETPROXY_DNSBL_TIMEOUT of connect
+            return
         verdict = self.proxy.decide(self.session, self._findings())
         if verdict.passed:
             self.queued = self.proxy.spawn(self._relay())
@@ -169,7 +209,9 @@ class Gate(asyncio.Protocol):
         self.proxy.forget(self.session.client_ip)
         self._report_pregreet()
         if verdict.action is Action.DROP:
-            self._refuse(554, "5.7.1 Service unavailable", verdict.reason)
+            listed = "dnsbl" in verdict.reason.split(", ") and self.proxy.dnsbl and self.dns_result
+            text = self.proxy.dnsbl.reply_text(self.session.client_ip, self.dns_result) if listed else None
+            self._refuse(554, text or "5.7.1 Service unavailable", verdict.reason)
         else:
             self._enforce(verdict.reason)
 

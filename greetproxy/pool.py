@@ -119,6 +119,7 @@ class BackendPool:
         loop = asyncio.get_running_loop()
         started = loop.time()
         ahead = self.slots.queued
+        must_wait = ahead > 0 or self.slots.in_use >= self.slots.limit
         timeout = self.config.backend_queue_timeout
         deadline = pause_end + timeout
         try:
@@ -137,7 +138,7 @@ class BackendPool:
             slot.release()
             raise
         waited = loop.time() - started
-        if waited >= 0.001:
+        if must_wait or delay:
             session.log.info("backend_queue", waited=round(waited, 3), queue=ahead, in_use=self.slots.in_use)
         return slot
 

@@ -20,6 +20,7 @@ from .logs import get_logger
 from .pool import BackendPool
 from .screening import Action, Finding, Verdict, decide
 from .screening.access import AccessFileError, AccessList
+from .screening.dnsbl import DnsblScreen, Resolver, make_resolver, parse_sites
 from .screening.limits import ClientLimits
 from .session import Session
 from .store import SqlitePassCache, StoreError, cache_key
@@ -27,6 +28,7 @@ from .stress import StressMode
 
 PASS_CACHE_FILE = "passcache.sqlite"
 CACHE_PURGE_EVERY = 3600.0  # seconds
+DNSBL_SELF_TEST_EVERY = 600.0
 RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
 
@@ -60,6 +62,9 @@ class Proxy:
         self.waiting = 0  # connections in the greet pause
         self.access = AccessList()
         self.cache: SqlitePassCache | None = None
+        self.dnsbl: DnsblScreen | None = None
+        self.resolver: Resolver | None = None
+        self.dnsbl_action = Action.named(config.dnsbl_action)
         self.exit_status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -138,6 +143,8 @@ class Proxy:
                     f"GREETPROXY_STATE_DIR={self.config.state_dir!r}: {error}", status=2
                 ) from None
             self.spawn(self._purge_cache(self.cache))
+        if self.config.dnsbl_sites:
+            self._start_dnsbl(self.config.dnsbl_sites)
         await self._check_relay(first=True)
         loop = asyncio.get_running_loop()
         for endpoint in self.config.listen:
@@ -227,6 +234,26 @@ class Proxy:
             assert self.cache is not None
             self.spawn(self.cache.forget(self.cache_key(ip)))
 
+    def _start_dnsbl(self, sites: str) -> None:
+        config = self.config
+        servers = [(server.host, server.port) for server in config.dns_servers]
+        self.resolver = make_resolver(servers, config.dnsbl_timeout)
+        self.dnsbl = DnsblScreen(
+            parse_sites(sites),
+            config.dnsbl_threshold,
+            config.dnswl_threshold,
+            config.dnsbl_timeout,
+            self.resolver,
+        )
+        self.spawn(self._dnsbl_self_test(self.dnsbl))
+
+    async def _dnsbl_self_test(self, screen: DnsblScreen) -> None:
+        """RFC 5782 probes at start and every 10 minutes: a broken or blocked list is worse than none."""
+        while True:
+            for warning in await screen.self_test():
+                self.log.warning("dnsbl_selftest", problem=warning)
+            await asyncio.sleep(DNSBL_SELF_TEST_EVERY)
+
     async def _purge_cache(self, cache: SqlitePassCache) -> None:
         while True:
             await asyncio.sleep(CACHE_PURGE_EVERY)
@@ -272,6 +299,8 @@ class Proxy:
             await server.wait_closed()
         if self.cache is not None:
             await self.cache.close()
+        if self.resolver is not None:
+            await self.resolver.close()
         self.log.info("stopped", left=len(self.connections))
 
 

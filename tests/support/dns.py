@@ -26,8 +26,8 @@ _TCP_READ_TIMEOUT = 1.0
 class DnsStub:
     """Names are case-insensitive and given without the final dot; `*.zone` answers every name below zone.
 
-    Names not set get NXDOMAIN. `delay()` and `never_answer()` take a name or a zone (the name and every
-    name below it).
+    Names not set get NXDOMAIN. `delay()`, `ready_after()` and `never_answer()` take a name or a zone
+    (the name and every name below it).
     """
 
     def __init__(self) -> None:
@@ -35,6 +35,8 @@ class DnsStub:
         self._answers: dict[str, list[str]] = {}
         self._servfail: set[str] = set()
         self._delays: dict[str, float] = {}
+        self._ready: dict[str, float] = {}
+        self._first_asked: dict[str, float] = {}
         self._silent: set[str] = set()
         self._queries: list[str] = []
         self._stop = threading.Event()
@@ -65,6 +67,15 @@ class DnsStub:
     def delay(self, name_or_zone: str, seconds: float) -> None:
         with self._lock:
             self._delays[_key(name_or_zone)] = seconds
+
+    def ready_after(self, name_or_zone: str, seconds: float) -> None:
+        """Hold every answer until `seconds` after the name was first asked, then answer at once.
+
+        This is a recursive resolver still resolving a name: it answers the client's retries as soon as
+        it has the answer, unlike `delay()`, which makes every query wait the full time (a slow link).
+        """
+        with self._lock:
+            self._ready[_key(name_or_zone)] = seconds
 
     def never_answer(self, zone: str) -> None:
         with self._lock:
@@ -139,9 +150,7 @@ class DnsStub:
                 if address is None:
                     sock.close()
 
-    def _receive(
-        self, listener: socket.socket
-    ) -> tuple[socket.socket, bytes, tuple[str, int] | None] | None:
+    def _receive(self, listener: socket.socket) -> tuple[socket.socket, bytes, tuple[str, int] | None] | None:
         """One query: from the UDP socket (with its sender), or from a new TCP connection (address None)."""
         if listener is self._udp:
             try:
@@ -172,7 +181,13 @@ class DnsStub:
             self._queries.append(name)
             if _covered(name, self._silent):
                 return None, 0.0
-            delay = max((seconds for zone, seconds in self._delays.items() if _under(name, zone)), default=0.0)
+            now = time.monotonic()
+            first = self._first_asked.setdefault(name, now)
+            delay = max(
+                [seconds for zone, seconds in self._delays.items() if _under(name, zone)]
+                + [first + seconds - now for zone, seconds in self._ready.items() if _under(name, zone)],
+                default=0.0,
+            )
             servfail = name in self._servfail
             addresses = self._lookup(name)
         reply = request.reply()
