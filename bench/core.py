@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import Sendmail
 
@@ -29,15 +30,6 @@ MESSAGE = b"Subject: bench\r\nFrom: bench@sender.example\r\n\r\n" + b"x" * 70 + 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def read_reply(reader: asyncio.StreamReader) -> int:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("closed")
-        if line[3:4] != b"-":
-            return int(line[:3])
 
 
 async def command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes) -> int:

@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.core import cpu_seconds, read_reply, wait_listening
+from bench.core import cpu_seconds, wait_listening
 from tests.support.dns import DnsStub
+from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import Sendmail
 

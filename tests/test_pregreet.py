@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import PROXY_HOSTNAME
-from tests.support.client import RawClient
+from tests.support.client import RawClient, early_ehlo_then_deliver
 
 
 def assert_backend_untouched(proxy, backend, session: str) -> None:
@@ -99,14 +99,7 @@ def test_enforce_greets_refuses_mail_and_logs_the_attempt(start_proxy, backend):
 
 def test_ignore_only_logs_and_the_early_commands_are_relayed(start_proxy, backend):
     proxy = start_proxy(pregreet_action="ignore")
-    with RawClient(proxy.port) as client:
-        client.send(b"EHLO early.example\r\n")
-        assert client.reply().code == 220
-        assert client.reply().code == 250
-        assert client.command("MAIL FROM:<a@sender.example>").code == 250
-        assert client.command("RCPT TO:<early@example.test>").code == 250
-        assert client.command("DATA").code == 354
-        assert client.command(b"Subject: early\r\n\r\nok\r\n.").code == 250
+    early_ehlo_then_deliver(proxy.port, "early")
     backend.wait_for_messages(1, user="early")
     assert proxy.wait_event("pregreet")["action"] == "ignore"
     assert proxy.wait_event("pass")["ignored"] == ["pregreet"]

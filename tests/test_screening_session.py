@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.client import RawClient
+from tests.support.client import RawClient, early_ehlo_then_deliver
 
 
 def test_per_client_concurrency_limit(start_proxy):
@@ -108,13 +108,6 @@ def test_text_before_the_354_is_improper_pipelining(start_proxy, backend):
 
 def test_dry_run_logs_the_verdict_and_lets_the_client_through(start_proxy, backend):
     proxy = start_proxy(dry_run="1")
-    with RawClient(proxy.port) as client:
-        client.send(b"EHLO early.example\r\n")
-        assert client.reply().code == 220
-        assert client.reply().code == 250
-        assert client.command("MAIL FROM:<a@sender.example>").code == 250
-        assert client.command("RCPT TO:<dry@example.test>").code == 250
-        assert client.command("DATA").code == 354
-        assert client.command(b"Subject: dry\r\n\r\nrun\r\n.").code == 250
+    early_ehlo_then_deliver(proxy.port, "dry")
     backend.wait_for_messages(1, user="dry")
     assert proxy.wait_event("dry_run")["would"] == "drop"

@@ -86,3 +86,16 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def early_ehlo_then_deliver(port: int, user: str) -> None:
+    """Send EHLO before the banner, then deliver one message to ``user@example.test``: what a
+    client let through despite its early talk (ignore, dry run) does."""
+    with RawClient(port) as client:
+        client.send(b"EHLO early.example\r\n")
+        assert client.reply().code == 220
+        assert client.reply().code == 250
+        assert client.command("MAIL FROM:<a@sender.example>").code == 250
+        assert client.command(f"RCPT TO:<{user}@example.test>").code == 250
+        assert client.command("DATA").code == 354
+        assert client.command(f"Subject: {user}\r\n\r\nok\r\n.".encode()).code == 250

@@ -21,7 +21,8 @@ class Outcome:
         return self.codes[-2:] == [250, 221]
 
 
-async def _reply(reader: asyncio.StreamReader) -> int:
+async def read_reply(reader: asyncio.StreamReader) -> int:
+    """The code of the next whole reply (multi-line replies read to their last line)."""
     while True:
         line = await reader.readline()
         if not line:
@@ -38,7 +39,7 @@ async def polite_client(port: int, number: int, timeout: float) -> Outcome:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
-                outcome.codes.append(await _reply(reader))
+                outcome.codes.append(await read_reply(reader))
                 outcome.banner_after = time.monotonic() - started
                 if outcome.codes[-1] != 220:
                     return outcome
@@ -49,11 +50,11 @@ async def polite_client(port: int, number: int, timeout: float) -> Outcome:
                     b"DATA",
                 ):
                     writer.write(line + b"\r\n")
-                    outcome.codes.append(await _reply(reader))
+                    outcome.codes.append(await read_reply(reader))
                 writer.write(f"Subject: load {number}\r\n\r\nmessage {number}\r\n.\r\n".encode())
-                outcome.codes.append(await _reply(reader))
+                outcome.codes.append(await read_reply(reader))
                 writer.write(b"QUIT\r\n")
-                outcome.codes.append(await _reply(reader))
+                outcome.codes.append(await read_reply(reader))
             finally:
                 writer.close()
     except (OSError, TimeoutError) as error:
