@@ -103,7 +103,7 @@ class RelaySession(ClientDialogue):
 
     def _screen(self, verb: str, line: bytes) -> Finding | None:
         """The protocol tests after the banner; ``self.lines`` holds what came after the command."""
-        found = non_smtp(line, self.proxy.non_smtp_action)
+        found = non_smtp(verb, line, self.proxy.non_smtp_action)
         if found is None and verb in ("EHLO", "HELO", "DATA"):
             found = pipelining(verb, len(self.lines), self.proxy.pipelining_action)
         return found

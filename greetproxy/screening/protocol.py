@@ -4,16 +4,15 @@ pipelining (commands before the EHLO/HELO reply, or text before the 354)."""
 
 from __future__ import annotations
 
-import re
-
 from . import Action, Finding
 
-_HTTP_VERBS = (b"GET ", b"POST ", b"CONNECT ", b"HEAD ", b"PUT ", b"OPTIONS ", b"DELETE ")
-_HEADER_LINE = re.compile(rb"[A-Za-z][A-Za-z0-9-]*:")  # "Host:", "User-Agent:"; SMTP verbs have a space
+_HTTP_VERBS = frozenset({"GET", "POST", "CONNECT", "HEAD", "PUT", "OPTIONS", "DELETE"})
 
 
-def non_smtp(line: bytes, action: Action) -> Finding | None:
-    if line.upper().startswith(_HTTP_VERBS) or _HEADER_LINE.match(line):
+def non_smtp(verb: str, line: bytes, action: Action) -> Finding | None:
+    """``verb`` is the line's first word, upper-cased: an HTTP method, or a header name such as
+    ``HOST:`` or ``USER-AGENT:`` (no SMTP verb ends with a colon; ``MAIL FROM:`` has a space)."""
+    if verb in _HTTP_VERBS or (verb.endswith(":") and verb[:1].isalpha()):
         return Finding("non_smtp_command", action, line[:60].decode("ascii", "replace"))
     return None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import string
 from datetime import datetime
 
@@ -12,7 +11,7 @@ MAX_HELO = 255
 
 def address_literal(ip: str) -> str:
     """RFC 5321 4.1.3: ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``."""
-    return f"[IPv6:{ip}]" if ipaddress.ip_address(ip).version == 6 else f"[{ip}]"
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"  # a peer address: IPv4 has no colon
 
 
 _HELO_CHARACTERS = frozenset(string.ascii_letters + string.digits + ".-_:[]")
