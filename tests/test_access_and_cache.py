@@ -58,7 +58,7 @@ def test_sighup_rereads_the_list_and_a_bad_file_keeps_the_old_one(start_proxy, t
     assert banner_after(proxy.port)[0] == 220
     (tmp_path / "access").write_text("127.0.0.0/8 reject\n")
     proxy.signal(signal.SIGHUP)
-    proxy.wait_event("access_list", where=lambda event: len(proxy.find("access_list")) >= 2)
+    proxy.wait_count("access_list", 2)
     assert banner_after(proxy.port)[0] == 554
     (tmp_path / "access").write_text("127.0.0.0/8 allow-all\n")
     proxy.signal(signal.SIGHUP)
@@ -83,7 +83,7 @@ def test_a_pass_is_remembered_across_a_restart_and_early_talk_withdraws_it(start
     assert code == 220 and waited >= 1.0
     assert first.wait_event("pass")["cached"] is False
     assert banner_after(first.port)[1] < 0.5  # remembered: no pause
-    assert first.find("pass", cached=True)
+    assert first.wait_count("pass", 1, cached=True)
     first.stop()
     second = start_proxy(greet_pause="1s", pass_ttl="1d", state_dir=state)
     assert banner_after(second.port)[1] < 0.5  # the SQLite store kept it

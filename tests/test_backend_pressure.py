@@ -134,7 +134,7 @@ def test_queued_clients_are_served_in_arrival_order(start_proxy, backend):
         assert client.reply().code == 220
         assert client.command("QUIT").code == 221
         client.close()
-    assert len(proxy.find("backend_queue")) == 3
+    assert len(proxy.wait_count("backend_queue", 3)) == 3
 
 
 def test_early_talk_while_queued_is_dropped_and_gives_up_the_place(start_proxy, backend):

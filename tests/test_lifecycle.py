@@ -18,12 +18,12 @@ def test_beyond_max_connections_new_clients_get_421_4_7_0(start_proxy):
     proxy = start_proxy(max_connections="2", greet_pause="5s")
     holders = [RawClient(proxy.port) for _ in range(2)]
     try:
-        proxy.wait_event("connect", where=lambda event: len(proxy.find("connect")) >= 2)
+        proxy.wait_count("connect", 2)
         with RawClient(proxy.port) as third:
             answer = third.reply(timeout=2)
             assert answer.code == 421 and answer.text.startswith("4.7.0")
             assert third.is_closed()
-        assert proxy.find("reject", reason="max_connections")
+        assert proxy.wait_count("reject", 1, reason="max_connections")
     finally:
         for holder in holders:
             holder.close()
@@ -76,7 +76,7 @@ def test_no_socket_outlives_its_session(proxy, backend):
         quitter.command("EHLO quitter.example")
     time.sleep(0.5)
     assert proxy.open_fds() <= baseline
-    disconnects = proxy.find("disconnect")
+    disconnects = proxy.wait_count("disconnect", 42)
     assert len(disconnects) == 42
     assert {event["outcome"] for event in disconnects} == {"quit", "rejected", "client_hangup"}
 

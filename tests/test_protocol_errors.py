@@ -18,7 +18,7 @@ def test_over_long_command_line_gets_500_5_5_2(proxy):
         assert answer.code == 500 and answer.text.startswith("5.5.2")
         assert client.command(b"MAIL FROM:<x@sender.example> " + b"X" * 1100).code == 500
         assert client.command("NOOP").code == 250  # the session goes on
-    assert proxy.find("reject", reason="line_too_long")
+    assert proxy.wait_count("reject", 2, reason="line_too_long")
 
 
 def test_mail_parameters_may_use_the_extended_length(proxy):
@@ -51,7 +51,7 @@ def test_bare_lf_in_a_command_gets_a_5xx(proxy):
         client.send(b"NOOP\rRSET\r\n")
         assert client.reply().code == 500
         assert client.command("NOOP").code == 250
-    assert len(proxy.find("reject", reason="bare_newline")) == 2
+    assert len(proxy.wait_count("reject", 2, reason="bare_newline")) == 2
 
 
 def test_unknown_command_is_refused_by_the_proxy(proxy):

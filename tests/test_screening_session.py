@@ -13,15 +13,15 @@ def test_per_client_concurrency_limit(start_proxy):
     proxy = start_proxy(client_concurrency="2", greet_pause="5s")
     holders = [RawClient(proxy.port) for _ in range(2)]
     try:
-        proxy.wait_event("connect", where=lambda event: len(proxy.find("connect")) >= 2)
+        proxy.wait_count("connect", 2)
         with RawClient(proxy.port) as third:
             answer = third.reply(timeout=2)
             assert answer.code == 421 and answer.text.startswith("4.7.0")
-        assert proxy.find("reject", reason="client_concurrency")
+        assert proxy.wait_count("reject", 1, reason="client_concurrency")
     finally:
         for holder in holders:
             holder.close()
-    proxy.wait_event("disconnect", where=lambda event: len(proxy.find("disconnect")) >= 2)
+    proxy.wait_count("disconnect", 2)
     with RawClient(proxy.port) as later:  # admitted again once the others have gone
         later.send(b"QUIT\r\n")
         assert later.reply().code == 554  # an early talker now, no longer over the limit
@@ -34,7 +34,7 @@ def test_per_client_rate_limit(start_proxy):
         with RawClient(proxy.port) as client:
             codes.append(client.reply().code)
     assert codes == [220, 220, 220, 421, 421]
-    assert len(proxy.find("reject", reason="client_rate")) == 2
+    assert len(proxy.wait_count("reject", 2, reason="client_rate")) == 2
 
 
 def test_stress_mode_shortens_the_pause_and_ends(start_proxy):

@@ -54,5 +54,5 @@ def test_fake_end_of_data_never_yields_a_second_message(proxy, backend, variant)
     else:
         assert answer.code == 554 and "5.6.0" in answer.text, answer
         assert delivered == []
-        assert proxy.find("reject", reason="bare CR or LF in message text")
+        assert proxy.wait_count("reject", 1, reason="bare CR or LF in message text")
     assert all(reply.code != 250 or "queued" not in reply.text for reply in followups)

@@ -130,6 +130,12 @@ class ProxyProcess:
                     raise AssertionError(f"no {name!r} event {fields} within {timeout}s; got {self.events}")
                 self._lock.wait(min(remaining, 0.1))
 
+    def wait_count(self, name: str, count: int, timeout: float = 10, **fields: object) -> list[Event]:
+        """Wait until ``count`` events like these have been read (the log arrives a little after
+        the client has seen the reply), then return all of them."""
+        self.wait_event(name, timeout, where=lambda event: len(self.find(name, **fields)) >= count, **fields)
+        return self.find(name, **fields)
+
     def session_events(self, session: str) -> list[Event]:
         with self._lock:
             return [event for event in self.events if event.get("session") == session]
