@@ -66,6 +66,7 @@ def cache_main(args: argparse.Namespace) -> int:
 
 
 def run_main() -> int:
+    from .notify import Notifier
     from .server import StartupError, run
 
     try:
@@ -74,8 +75,9 @@ def run_main() -> int:
         print(f"greetproxy: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    notifier = Notifier(*config.systemd_notify(), logs.get_logger())
     try:
-        return uvloop.run(run(settings))
+        return uvloop.run(run(settings, notifier))
     except StartupError as error:
         print(f"greetproxy: {error}", file=sys.stderr)
         return error.status

@@ -325,6 +325,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(_describe(error, values)) from None
 
 
+def systemd_notify(environ: Mapping[str, str] | None = None) -> tuple[str | None, float | None]:
+    """Where systemd wants sd_notify messages, and how often a watchdog ping (half its interval).
+    systemd's own variables, not settings; read here so that nothing else reads the environment."""
+    environ = os.environ if environ is None else environ
+    usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
+    ours = not pid or pid == str(os.getpid())
+    interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and ours else None
+    return environ.get("NOTIFY_SOCKET") or None, interval
+
+
 def _describe(error: ValidationError, values: Mapping[str, str]) -> str:
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "?"

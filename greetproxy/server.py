@@ -17,6 +17,7 @@ from .config import Endpoint, Settings
 from .gate import Gate
 from .guard import RelayStatus, check_relay, open_relay_advice
 from .logs import get_logger
+from .notify import Notifier
 from .pool import BackendPool
 from .screening import Action, Finding, Verdict, decide
 from .screening.access import AccessFileError, AccessList
@@ -263,13 +264,17 @@ class Proxy:
     async def stopped(self) -> None:
         await self._stopping.wait()
 
-    async def serve(self) -> int:
+    async def serve(self, notifier: Notifier) -> int:
         await self.start()
+        notifier.send(f"READY=1\nSTATUS=listening on {', '.join(map(str, self.config.listen))}")
+        if notifier.watchdog_interval:
+            self.spawn(notifier.keep_alive())
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.stopped()
+        notifier.send("STOPPING=1")
         await self.shutdown()
         return self.exit_status
 
@@ -329,6 +334,6 @@ def raise_file_limit(log: Any) -> None:
     log.info("file_limit", soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard=hard)
 
 
-async def run(config: Settings) -> int:
+async def run(config: Settings, notifier: Notifier) -> int:
     proxy = Proxy(config)
-    return await proxy.serve()
+    return await proxy.serve(notifier)
