@@ -73,3 +73,12 @@ def test_sd_notify_ready_watchdog_stopping(backend, tmp_path):
         assert proxy.wait() == 0
     finally:
         listener.close()
+
+
+def test_freebsd_rc_script_is_valid_sh():
+    script = ROOT / "deploy" / "freebsd" / "greetproxy"
+    result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = script.read_text()
+    for word in ('rcvar="greetproxy_enable"', "greetproxy_env_file", "/usr/sbin/daemon", "run_rc_command"):
+        assert word in text
