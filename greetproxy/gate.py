@@ -102,10 +102,6 @@ class Gate(asyncio.Protocol):
             self.dns.add_done_callback(self._dns_answered)
         if config.greet_banner:
             self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
-        # The backend is connected a little ahead of the pause's end, so that the banner goes out
-        # on time rather than one backend greeting late.
-        # A random extra pause spreads clients that arrived together, so they do not all reach
-        # the backend in the same instant.
         loop = asyncio.get_running_loop()
         self.waiting = True
         if self.via != "tests":
@@ -113,18 +109,22 @@ class Gate(asyncio.Protocol):
         else:
             own = entry.pause if access is AccessAction.PAUSE else None
             pause = proxy.wait_begins(config.greet_pause if own is None else own)
+            # A random extra pause spreads clients that arrived together, so they do not all reach
+            # the backend in the same instant.
             pause += random.uniform(0, proxy.jitter) if pause else 0.0
         self.banner_at = loop.time() + pause
-        self.timer = loop.call_later(pause - self.proxy.pool.lead(pause), self._pause_over)
+        # The backend is connected a little ahead of the pause's end, so that the banner goes out
+        # on time rather than one backend greeting late.
+        self.timer = loop.call_later(pause - proxy.pool.lead(pause), self._pause_over)
 
     def data_received(self, data: bytes) -> None:
         self.session.bytes_in += len(data)
         if self.pregreet is None:
             self.pregreet = Pregreet(after=self.session.age)
         self.pregreet.add(data)
-        if self.via == "permit":
-            pass  # skips every test: the bytes are relayed as they are
-        elif self.proxy.pregreet_action is Action.DROP and not self.proxy.config.dry_run:
+        # A permitted client skips every test: its bytes are held and relayed as they are.
+        drop = self.proxy.pregreet_action is Action.DROP and not self.proxy.config.dry_run
+        if drop and self.via != "permit":
             self._report_pregreet()
             self.proxy.forget(self.session.client_ip)
             self._refuse(554, "5.5.1 Protocol error: talked before the greeting", "pregreet")
@@ -217,9 +217,7 @@ class Gate(asyncio.Protocol):
 
     def _refuse(self, code: int, text: str, reason: str) -> None:
         self.session.log.info("reject", code=code, reason=reason, command="CONNECT")
-        self._write(reply(code, text))
-        self.session.finish("rejected")
-        self.transport.close()
+        self._close_with(code, text, "rejected")
 
     async def _relay(self) -> None:
         pool = self.proxy.pool
@@ -232,13 +230,14 @@ class Gate(asyncio.Protocol):
             link = await pool.connect(self.session, slot)
         except BackendBusy as busy:
             self.session.log.warning("backend_busy", reason=str(busy), code=421)
-            self._last_words(f"4.3.2 {hostname} all server ports are busy, try again later", "backend_busy")
+            busy_text = f"4.3.2 {hostname} all server ports are busy, try again later"
+            self._close_with(421, busy_text, "backend_busy")
             return
         except BackendFailure as failure:
             if not self.transport.is_closing():
                 self.session.log.warning("backend_unavailable", reason=str(failure))
-                self._last_words(
-                    f"4.3.2 {hostname} service not available, try again later", "backend_unavailable"
+                self._close_with(
+                    421, f"4.3.2 {hostname} service not available, try again later", "backend_unavailable"
                 )
             return
         loop = asyncio.get_running_loop()
@@ -282,8 +281,8 @@ class Gate(asyncio.Protocol):
             self.waiting = False
             self.proxy.wait_ends()
 
-    def _last_words(self, text: str, outcome: str) -> None:
-        self._write(reply(421, text))
+    def _close_with(self, code: int, text: str, outcome: str) -> None:
+        self._write(reply(code, text))
         self.session.finish(outcome)
         self.transport.close()
 
@@ -314,4 +313,4 @@ class Gate(asyncio.Protocol):
         if self.queued is not None:
             self.queued.cancel()
         if not self.transport.is_closing():
-            self._last_words(f"4.3.2 {self.proxy.config.hostname} service shutting down", "shutdown")
+            self._close_with(421, f"4.3.2 {self.proxy.config.hostname} service shutting down", "shutdown")

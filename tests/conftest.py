@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from tests.support.proxy import ProxyProcess, free_port
-from tests.support.sendmail import Sendmail, sendmail_available
+from tests.support.sendmail import DEBIAN_STOCK_ACCESS, Sendmail, sendmail_available
 
 IN_CI = os.environ.get("CI") == "true"
 PROXY_HOSTNAME = "proxy.example.test"
 PAUSE = "0.3s"
+
+
+def started_sendmail(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **options: Any
+) -> Iterator[Sendmail]:
+    """A private sendmail in its own folder and port, for a fixture to ``yield from``."""
+    server = Sendmail(tmp_path_factory.mktemp(name), free_port(), **options)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +33,13 @@ def sendmail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sendmail]:
         if IN_CI:
             pytest.fail(message + ": CI must not skip the sendmail tests")
         pytest.skip(message)
-    server = Sendmail(tmp_path_factory.mktemp("sendmail"), free_port())
-    server.start()
-    yield server
-    server.stop()
+    yield from started_sendmail(tmp_path_factory, "sendmail")
+
+
+@pytest.fixture(scope="session")
+def stock_sendmail(tmp_path_factory: pytest.TempPathFactory, sendmail: Sendmail) -> Iterator[Sendmail]:
+    """A second sendmail with Debian's stock access map (Connect:127 RELAY), emptied per use."""
+    yield from started_sendmail(tmp_path_factory, "stock-sendmail", access=DEBIAN_STOCK_ACCESS)
 
 
 @pytest.fixture

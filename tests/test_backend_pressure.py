@@ -4,36 +4,31 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import proxy_env
+from tests.conftest import proxy_env, started_sendmail
 from tests.support.client import RawClient
 from tests.support.load import PeakCounter, swarm
-from tests.support.proxy import ProxyProcess, free_port
+from tests.support.proxy import ProxyProcess
 from tests.support.sendmail import Sendmail
 
 CLIENTS = 300
 
 
 @pytest.fixture(scope="module")
-def stock_listen_sendmail(tmp_path_factory, sendmail) -> Sendmail:
+def stock_listen_sendmail(tmp_path_factory, sendmail) -> Iterator[Sendmail]:
     """sendmail with its own defaults for the listen backlog (10) and no rate throttle."""
-    server = Sendmail(tmp_path_factory.mktemp("stock-listen"), free_port(), listen_backlog=None)
-    server.start()
-    yield server
-    server.stop()
+    yield from started_sendmail(tmp_path_factory, "stock-listen", listen_backlog=None)
 
 
 @pytest.fixture(scope="module")
-def throttled_sendmail(tmp_path_factory, sendmail) -> Sendmail:
+def throttled_sendmail(tmp_path_factory, sendmail) -> Iterator[Sendmail]:
     """Debian's sendmail.mc setting: at most 15 new connections a second."""
-    server = Sendmail(
-        tmp_path_factory.mktemp("throttled"), free_port(), listen_backlog=None, connection_rate_throttle=15
+    yield from started_sendmail(
+        tmp_path_factory, "throttled", listen_backlog=None, connection_rate_throttle=15
     )
-    server.start()
-    yield server
-    server.stop()
 
 
 def run_proxy(backend: Sendmail, **overrides: str) -> ProxyProcess:

@@ -9,24 +9,19 @@ import time
 import pytest
 
 from tests.conftest import proxy_env
-from tests.support.client import RawClient
-from tests.support.proxy import free_port, run_once
-from tests.support.sendmail import DEBIAN_STOCK_ACCESS, Sendmail
+from tests.support.client import RawClient, holding
+from tests.support.proxy import ProxyProcess, free_port, run_once
 
 
 def test_beyond_max_connections_new_clients_get_421_4_7_0(start_proxy):
     proxy = start_proxy(max_connections="2", greet_pause="5s")
-    holders = [RawClient(proxy.port) for _ in range(2)]
-    try:
+    with holding(proxy.port, 2):
         proxy.wait_count("connect", 2)
         with RawClient(proxy.port) as third:
             answer = third.reply(timeout=2)
             assert answer.code == 421 and answer.text.startswith("4.7.0")
             assert third.is_closed()
         assert proxy.wait_count("reject", 1, reason="max_connections")
-    finally:
-        for holder in holders:
-            holder.close()
 
 
 def test_sigterm_lets_live_sessions_finish_then_421s_the_rest(start_proxy, backend):
@@ -119,16 +114,8 @@ def test_guard_refuses_to_start_when_sendmail_trusts_the_source_address(backend)
     assert "open relay" in result.stderr and "GREETPROXY_BACKEND_SOURCE" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def stock_sendmail(tmp_path_factory, sendmail) -> Sendmail:
-    """A second sendmail with Debian's stock access map (Connect:127 RELAY)."""
-    server = Sendmail(tmp_path_factory.mktemp("stock-sendmail"), free_port(), access=DEBIAN_STOCK_ACCESS)
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_guard_refuses_debians_stock_access_map(stock_sendmail):
+    stock_sendmail.clear()
     result = run_once(proxy_env(stock_sendmail.port))
     assert result.returncode == 2
     assert "Connect:127 RELAY" in result.stderr
@@ -137,8 +124,6 @@ def test_guard_refuses_debians_stock_access_map(stock_sendmail):
 
 def test_guard_can_be_overridden_on_purpose(stock_sendmail):
     env = proxy_env(stock_sendmail.port, allow_open_backend="1")
-    from tests.support.proxy import ProxyProcess
-
     proxy = ProxyProcess(env).start()
     try:
         assert proxy.find("relay_check")[0]["status"] == "open"

@@ -6,21 +6,17 @@ import time
 
 import pytest
 
-from tests.support.client import RawClient, early_ehlo_then_deliver
+from tests.support.client import RawClient, early_ehlo_then_deliver, holding
 
 
 def test_per_client_concurrency_limit(start_proxy):
     proxy = start_proxy(client_concurrency="2", greet_pause="5s")
-    holders = [RawClient(proxy.port) for _ in range(2)]
-    try:
+    with holding(proxy.port, 2):
         proxy.wait_count("connect", 2)
         with RawClient(proxy.port) as third:
             answer = third.reply(timeout=2)
             assert answer.code == 421 and answer.text.startswith("4.7.0")
         assert proxy.wait_count("reject", 1, reason="client_concurrency")
-    finally:
-        for holder in holders:
-            holder.close()
     proxy.wait_count("disconnect", 2)
     with RawClient(proxy.port) as later:  # admitted again once the others have gone
         later.send(b"QUIT\r\n")
@@ -41,8 +37,7 @@ def test_stress_mode_shortens_the_pause_and_ends(start_proxy):
     proxy = start_proxy(
         max_connections="20", client_concurrency="20", greet_pause="10s", stress_greet_pause="0.2s"
     )
-    crowd = [RawClient(proxy.port) for _ in range(19)]
-    try:
+    with holding(proxy.port, 19) as crowd:
         assert proxy.wait_event("stress", state="entering")["waiting"] == 19
         with RawClient(proxy.port) as newcomer:
             assert newcomer.reply(timeout=3).code == 220  # 0.2 s, not 10 s
@@ -50,9 +45,6 @@ def test_stress_mode_shortens_the_pause_and_ends(start_proxy):
         for client in crowd[:6]:
             client.close()
         assert proxy.wait_event("stress", state="leaving")["waiting"] < 14
-    finally:
-        for client in crowd:
-            client.close()
 
 
 def test_http_request_is_a_non_smtp_command(proxy, backend):

@@ -5,34 +5,24 @@ from __future__ import annotations
 import smtplib
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import sendmail as harness
-from tests.support.sendmail import DEBIAN_STOCK_ACCESS, Sendmail, free_port
+from tests.support.sendmail import Sendmail, free_port
 
 PROXY_ADDRESS = "127.0.0.2"  # what the proxy connects from: sendmail must not trust it
 
 
-@pytest.fixture(scope="session")
-def shared_mta(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sendmail]:
-    server = Sendmail(tmp_path_factory.mktemp("sendmail"), free_port())
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def mta(shared_mta: Sendmail) -> Sendmail:
-    """The shared instance, with no mail and no session left from an earlier test."""
-    shared_mta.clear()
+def mta(backend: Sendmail) -> Sendmail:
+    """The run's shared instance, with no mail and no session left from an earlier test."""
     # A session lives on for a moment after its client's QUIT.
     deadline = time.monotonic() + 5
-    while shared_mta.session_count() and time.monotonic() < deadline:
+    while backend.session_count() and time.monotonic() < deadline:
         time.sleep(0.02)
-    return shared_mta
+    return backend
 
 
 def connect(server: Sendmail, source: str = PROXY_ADDRESS) -> smtplib.SMTP:
@@ -154,19 +144,15 @@ def test_wait_for_messages_says_how_many_arrived(mta: Sendmail) -> None:
         mta.wait_for_messages(1, timeout=0.2, user="nobody")
 
 
-def test_debian_stock_access_lets_the_proxy_address_relay(mta: Sendmail, tmp_path: Path) -> None:
-    stock = Sendmail(tmp_path, free_port(), access=DEBIAN_STOCK_ACCESS)  # beside the shared one
-    stock.start()
-    try:
-        client = connect(stock)
-        client.mail("sender@client.test")
-        assert client.rcpt("x@elsewhere.invalid") == (250, b"2.1.5 <x@elsewhere.invalid>... Recipient ok")
-        client.data(b"Subject: relay\r\n\r\nout\r\n")
-        client.quit()
-        assert len(stock.relayed()) == 1
-        assert mta.relayed() == []
-    finally:
-        stock.stop()
+def test_debian_stock_access_lets_the_proxy_address_relay(mta: Sendmail, stock_sendmail: Sendmail) -> None:
+    stock_sendmail.clear()
+    client = connect(stock_sendmail)
+    client.mail("sender@client.test")
+    assert client.rcpt("x@elsewhere.invalid") == (250, b"2.1.5 <x@elsewhere.invalid>... Recipient ok")
+    client.data(b"Subject: relay\r\n\r\nout\r\n")
+    client.quit()
+    assert len(stock_sendmail.relayed()) == 1
+    assert mta.relayed() == []
 
 
 def test_stop_ends_daemon_and_sessions_and_a_restart_works(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
+from collections.abc import Iterator
 
 _FINAL = re.compile(rb"^\d{3}(?: |\r?$)", re.M)
 
@@ -99,3 +101,14 @@ def early_ehlo_then_deliver(port: int, user: str) -> None:
         assert client.command(f"RCPT TO:<{user}@example.test>").code == 250
         assert client.command("DATA").code == 354
         assert client.command(f"Subject: {user}\r\n\r\nok\r\n.".encode()).code == 250
+
+
+@contextlib.contextmanager
+def holding(port: int, count: int) -> Iterator[list[RawClient]]:
+    """``count`` clients connected and left waiting, closed on the way out."""
+    clients = [RawClient(port) for _ in range(count)]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
