@@ -18,7 +18,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port
@@ -83,23 +85,30 @@ async def throughput(port: int, senders: int, messages: int) -> float:
     return senders * messages / (time.monotonic() - began)
 
 
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def with_sendmail(measure: Callable[[Sendmail, Path], Coroutine[Any, Any, int]]) -> int:
+    """Run ``measure`` against a private sendmail on a loopback port, in a folder removed after."""
+    with tempfile.TemporaryDirectory() as workdir:
+        sendmail = Sendmail(Path(workdir) / "sendmail", free_port())
+        sendmail.start()
+        try:
+            return asyncio.run(measure(sendmail, Path(workdir)))
+        finally:
+            sendmail.stop()
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--pause", type=float, default=1.0)
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--messages", type=int, default=25, help="per sender and round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        sendmail = Sendmail(Path(workdir) / "sendmail", free_port())
-        sendmail.start()
-        try:
-            return asyncio.run(run(args, sendmail))
-        finally:
-            sendmail.stop()
+    return with_sendmail(lambda sendmail, _: run(args, sendmail))
 
 
 def proxy_for(sendmail: Sendmail, pause: float) -> ProxyProcess:

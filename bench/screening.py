@@ -17,9 +17,8 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from bench.core import cpu_seconds, wait_listening
+from bench.core import bench_parser, cpu_seconds, wait_listening, with_sendmail
 from tests.support.dns import DnsStub
 from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port
@@ -105,23 +104,17 @@ async def run(args: argparse.Namespace, sendmail: Sendmail, dns: DnsStub) -> int
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--cached", type=int, default=100)
     args = parser.parse_args()
     dns = DnsStub().start()
     for zone in ("bl.bench.test", "wl.bench.test"):
         dns.set(f"2.0.0.127.{zone}", ["127.0.0.2"])
-    with tempfile.TemporaryDirectory() as workdir:
-        sendmail = Sendmail(Path(workdir) / "sendmail", free_port())
-        sendmail.start()
-        try:
-            return asyncio.run(run(args, sendmail, dns))
-        finally:
-            sendmail.stop()
-            dns.stop()
+    try:
+        return with_sendmail(lambda sendmail, _: run(args, sendmail, dns))
+    finally:
+        dns.stop()
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import Endpoint
+from .config import Endpoint, Settings
+from .smtp.ehlo import extensions
 from .smtp.replies import Reply, ReplyError, ReplyParser
+from .tls import client_context, describe_failure, start_tls
 
 if TYPE_CHECKING:
     from .pool import Slot
@@ -22,6 +26,23 @@ class BackendFailure(Exception):
         self.retryable = retryable  # a new connect attempt may well succeed (refused, timed out, 4xx)
 
 
+@dataclass(frozen=True, slots=True)
+class BackendTls:
+    """STARTTLS to the backend: the context, the name its certificate must carry, our EHLO name."""
+
+    context: ssl.SSLContext
+    name: str
+    ehlo: str
+
+    @classmethod
+    def from_config(cls, config: Settings) -> BackendTls | None:
+        """None unless GREETPROXY_BACKEND_TLS=starttls; raises TlsSetupError for a bad CA file."""
+        if config.backend_tls == "off":
+            return None
+        context = client_context(config.backend_tls_verify, config.backend_tls_ca)
+        return cls(context, config.backend_tls_name or config.hostname, config.hostname)
+
+
 class BackendLink:
     """Reads wait without a timer of their own: the caller's watchdog bounds them."""
 
@@ -33,9 +54,10 @@ class BackendLink:
 
     @classmethod
     async def open(
-        cls, endpoint: Endpoint, source: str | None, connect_timeout: float
+        cls, endpoint: Endpoint, source: str | None, connect_timeout: float, tls: BackendTls | None = None
     ) -> tuple[BackendLink, Reply]:
-        """Connect (from ``source`` if given) and read a 220 greeting, all within ``connect_timeout``."""
+        """Connect (from ``source`` if given), read a 220 greeting and start ``tls`` if given, all
+        within ``connect_timeout``."""
         writer = None
         try:
             async with asyncio.timeout(connect_timeout):
@@ -44,6 +66,8 @@ class BackendLink:
                 )
                 link = cls(reader, writer)
                 greeting = await link.reply()
+                if greeting.code == 220 and tls is not None:
+                    await link._start_tls(tls, connect_timeout)
         except TimeoutError:
             if writer is not None:
                 writer.transport.abort()
@@ -62,6 +86,25 @@ class BackendLink:
             link.close()
             raise BackendFailure(f"backend greeted with {greeting}", retryable=greeting.code < 500)
         return link, greeting
+
+    async def _start_tls(self, tls: BackendTls, timeout: float) -> None:
+        """EHLO, STARTTLS, handshake; the client's own EHLO then starts the session afresh."""
+        answer = await self.command(b"EHLO " + tls.ehlo.encode())
+        if answer.code != 250 or "STARTTLS" not in extensions(answer):
+            raise BackendFailure(
+                f"backend does not offer STARTTLS (GREETPROXY_BACKEND_TLS=starttls): {answer}"
+            )
+        answer = await self.command(b"STARTTLS")
+        if answer.code != 220:
+            raise BackendFailure(f"backend refused STARTTLS: {answer}", retryable=answer.code < 500)
+        if self._parser.pending():  # plain text that would pass for replies inside TLS
+            raise BackendFailure("backend sent more after its 220 to STARTTLS")
+        try:
+            self._reader, self._writer = await start_tls(
+                self._writer, tls.context, timeout, server_hostname=tls.name
+            )
+        except (ssl.SSLError, OSError) as error:
+            raise BackendFailure(f"TLS with the backend failed: {describe_failure(error)}") from None
 
     async def command(self, line: bytes) -> Reply:
         self._writer.write(line + b"\r\n")

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -249,6 +250,26 @@ class Settings(BaseModel):
     backend_connect_rate: Annotated[float | None, BeforeValidator(parse_rate)] = Field(
         default=None, description="new backend connections per second at most; unlimited by default"
     )
+    tls_cert: str | None = Field(
+        default=None,
+        description="PEM certificate (chain) file; with GREETPROXY_TLS_KEY, EHLO offers STARTTLS",
+    )
+    tls_key: str | None = Field(default=None, description="PEM private key file of GREETPROXY_TLS_CERT")
+    tls_ciphers: str | None = Field(
+        default=None, description="OpenSSL cipher list for TLS 1.2 (default: the ssl module's secure list)"
+    )
+    backend_tls: Literal["off", "starttls"] = Field(
+        default="off", description="`starttls`: encrypt backend connections too (the backend is local)"
+    )
+    backend_tls_verify: bool = Field(
+        default=True, description="verify the backend's certificate (chain and name) under STARTTLS"
+    )
+    backend_tls_ca: str | None = Field(
+        default=None, description="PEM CA file for that check (default: the system's CAs)"
+    )
+    backend_tls_name: str | None = Field(
+        default=None, description="name the backend's certificate must carry (default: GREETPROXY_HOSTNAME)"
+    )
     max_errors: int = Field(default=10, ge=1, description="error replies before a client is cut off")
     shutdown_grace: Duration = Field(default=30.0, description="time live sessions get to finish on SIGTERM")
     allow_open_backend: bool = Field(default=False, description="start even if the backend relays for us")
@@ -261,6 +282,16 @@ class Settings(BaseModel):
     def _untrusted_loopback_source(self) -> Settings:
         if self.backend_source is None and self.backend.host.startswith("127."):
             object.__setattr__(self, "backend_source", DEFAULT_LOOPBACK_SOURCE)
+        return self
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("TLS_CERT", "TLS_KEY") if self.tls_key is None else ("TLS_KEY", "TLS_CERT")
+            value = self.tls_cert or self.tls_key
+            raise ConfigError(
+                f"{ENV_PREFIX}{given}={value!r}: expected {ENV_PREFIX}{missing} as well (STARTTLS needs both)"
+            )
         return self
 
     @property
@@ -283,18 +314,28 @@ class Settings(BaseModel):
             raise ValueError("expected a duration above 0")
         return value
 
-    @field_validator("access_file", "state_dir")
+    @field_validator("access_file", "state_dir", "tls_cert", "tls_key", "backend_tls_ca")
     @classmethod
     def _a_path(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("expected a path, not an empty value")
         return value
 
-    @field_validator("hostname")
+    @field_validator("hostname", "backend_tls_name")
     @classmethod
-    def _plain_hostname(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+    def _plain_hostname(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", value):
             raise ValueError("expected a host name of letters, digits, dots and dashes")
+        return value
+
+    @field_validator("tls_ciphers")
+    @classmethod
+    def _known_ciphers(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ssl.create_default_context().set_ciphers(value)
+            except ssl.SSLError:
+                raise ValueError("expected an OpenSSL cipher list that names a cipher") from None
         return value
 
     @field_validator("greet_banner")

@@ -21,12 +21,12 @@ from .screening.dnsbl import DnsblScore
 from .screening.pregreet import Pregreet, escape
 from .session import Session
 from .smtp.replies import reply
+from .tls import new_streams
 
 if TYPE_CHECKING:
     from .server import Proxy
 
 HOLD_LIMIT = 65536  # early-talk bytes kept for replay (ignore) or the enforce engine
-STREAM_LIMIT = 65536
 
 
 def banner(hostname: str) -> bytes:
@@ -293,8 +293,7 @@ class Gate(asyncio.Protocol):
     def _hand_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Move the transport to asyncio streams; held bytes are replayed into the reader."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        reader, protocol = new_streams(loop)
         self.handed = True
         self._stop_waiting()
         self.transport.set_protocol(protocol)

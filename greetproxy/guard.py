@@ -11,7 +11,7 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-from .backend import BackendFailure, BackendLink
+from .backend import BackendFailure, BackendLink, BackendTls
 from .config import Settings
 
 PROBE_RECIPIENT = b"probe@relay-test.invalid"
@@ -29,10 +29,10 @@ class RelayCheck:
     detail: str
 
 
-async def check_relay(config: Settings) -> RelayCheck:
+async def check_relay(config: Settings, tls: BackendTls | None = None) -> RelayCheck:
     try:
         link, _ = await BackendLink.open(
-            config.backend, config.backend_source, config.backend_connect_timeout
+            config.backend, config.backend_source, config.backend_connect_timeout, tls
         )
     except BackendFailure as failure:
         return RelayCheck(RelayStatus.UNKNOWN, str(failure))

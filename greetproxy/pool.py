@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from .backend import BackendFailure, BackendLink
+from .backend import BackendFailure, BackendLink, BackendTls
 from .config import Settings
 from .session import Session
 
@@ -95,8 +95,9 @@ class BackendSlots:
 
 
 class BackendPool:
-    def __init__(self, config: Settings) -> None:
+    def __init__(self, config: Settings, tls: BackendTls | None = None) -> None:
         self.config = config
+        self.tls = tls
         self.slots = BackendSlots(config.backend_max_connections)
         self.connecting = BackendSlots(config.backend_connects)
         self.pacer = ConnectPacer(config.backend_connect_rate)
@@ -179,7 +180,7 @@ class BackendPool:
             raise BackendFailure(f"no connect to the backend possible within {timeout:g}s") from None
         try:
             link, _ = await BackendLink.open(
-                self.config.backend, self.config.backend_source, timeout - (loop.time() - started)
+                self.config.backend, self.config.backend_source, timeout - (loop.time() - started), self.tls
             )
         finally:
             permit.release()

@@ -8,6 +8,7 @@ the BodyScanner in chunks, so memory does not grow with message size.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import TYPE_CHECKING
 
 from .backend import BackendFailure, BackendLink
@@ -21,7 +22,8 @@ from .smtp.commands import RELAYED_VERBS, address_of, argument_of
 from .smtp.ehlo import filter_ehlo, greeting_line
 from .smtp.lines import Line
 from .smtp.received import received_header
-from .smtp.replies import Reply
+from .smtp.replies import Reply, reply
+from .tls import TlsInfo, describe_failure, start_tls
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -89,7 +91,13 @@ class RelaySession(ClientDialogue):
                     return outcome
                 if finding.test == "non_smtp_command":
                     continue  # ignored, but never passed to the backend
-            if verb not in RELAYED_VERBS:
+            if verb == "STARTTLS" and self.proxy.tls is not None:
+                if not await self._starttls(line.text):
+                    return "tls_error"
+            elif verb in ("MAIL", "RCPT", "DATA") and self.helo is None and self.session.tls is not None:
+                # RFC 3207 4.2: after the handshake the client starts again with EHLO
+                await self.refuse(verb, 503, "5.5.1 send EHLO first: TLS started a new session", "no_ehlo")
+            elif verb not in RELAYED_VERBS:
                 await self.refuse(verb, 502, "5.5.1 command not implemented", "not_relayed")
             elif verb == "DATA":
                 await self._data(line.text)
@@ -142,7 +150,8 @@ class RelaySession(ClientDialogue):
             self.helo_verb = verb.encode()
             self._reset_transaction()
             if verb == "EHLO":
-                return filter_ehlo(answer, self.hostname, self.session.client_ip)
+                offer = self.proxy.tls is not None and self.session.tls is None
+                return filter_ehlo(answer, self.hostname, self.session.client_ip, starttls=offer)
             return Reply(answer.code, (greeting_line(self.hostname, self.session.client_ip),))
         if verb == "MAIL":
             argument = argument_of(line)
@@ -154,6 +163,37 @@ class RelaySession(ClientDialogue):
         elif verb == "RSET":
             self._reset_transaction()
         return answer
+
+    async def _starttls(self, line: bytes) -> bool:
+        """Answer STARTTLS; False if the handshake failed (the connection is gone then)."""
+        if self.session.tls is not None:
+            await self.refuse("STARTTLS", 503, "5.5.1 TLS already active", "tls_active")
+            return True
+        if argument_of(line):
+            await self.refuse("STARTTLS", 501, "5.5.4 syntax error (no parameters allowed)", "syntax")
+            return True
+        if self.helo is None or self.helo_verb != b"EHLO":
+            await self.refuse("STARTTLS", 503, "5.5.1 send EHLO first", "no_ehlo")
+            return True
+        await self._send(reply(220, "2.0.0 Ready to start TLS"))
+        discarded = len(self.lines.take_buffer())  # pipelined in plain text: never run inside TLS
+        assert self.watchdog is not None and self.proxy.tls is not None
+        self.watchdog.begin("client")
+        try:
+            self.reader, self.writer = await start_tls(
+                self.writer, self.proxy.tls, self.proxy.config.command_timeout
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as error:
+            self.session.log.info("tls_error", reason=describe_failure(error), discarded=discarded)
+            return False
+        finally:
+            self.watchdog.end()
+        self.session.tls = TlsInfo.of(self.writer.transport)
+        self.session.log.info("tls", discarded=discarded, **self.session.tls_fields())
+        # RFC 3207 4.2: what the client said before is forgotten; its next EHLO resets the backend
+        self.helo = None
+        self._reset_transaction()
+        return True
 
     def _reset_transaction(self) -> None:
         self.sender = None
@@ -188,7 +228,12 @@ class RelaySession(ClientDialogue):
             return
         answer = await self._backend()
         self.session.log.info(
-            "message", sender=self.sender, recipients=self.recipients, size=scanner.size, reply=str(answer)
+            "message",
+            sender=self.sender,
+            recipients=self.recipients,
+            size=scanner.size,
+            reply=str(answer),
+            **self.session.tls_fields(),
         )
         if answer.code < 300:
             self.session.messages += 1
@@ -196,10 +241,20 @@ class RelaySession(ClientDialogue):
         self._reset_transaction()
 
     def _received(self) -> bytes:
-        esmtp = self.helo_verb == b"EHLO"
-        protocol = ("UTF8SMTP" if self.smtputf8 else "ESMTP") if esmtp else "SMTP"
+        tls = self.session.tls
+        if self.helo_verb == b"EHLO":  # RFC 3848 and RFC 6531 names: ESMTPS, UTF8SMTPS
+            protocol = ("UTF8SMTP" if self.smtputf8 else "ESMTP") + ("S" if tls is not None else "")
+        else:
+            protocol = "SMTP"
         helo = (self.helo or b"").decode("utf-8", "replace")
-        return received_header(helo, self.session.client_ip, self.hostname, protocol, self.session.id)
+        return received_header(
+            helo,
+            self.session.client_ip,
+            self.hostname,
+            protocol,
+            self.session.id,
+            tls=tls.comment() if tls is not None else None,
+        )
 
     async def _restart_backend(self) -> None:
         self.backend = await self.proxy.pool.reconnect(self.session, self.backend)

@@ -7,12 +7,14 @@ import contextlib
 import resource
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
+from .backend import BackendTls
 from .config import Endpoint, Settings
 from .gate import Gate
 from .guard import RelayStatus, check_relay, open_relay_advice
@@ -26,6 +28,7 @@ from .screening.limits import ClientLimits
 from .session import Session
 from .store import SqlitePassCache, StoreError, cache_key
 from .stress import StressMode
+from .tls import TlsSetupError, server_context
 
 PASS_CACHE_FILE = "passcache.sqlite"
 CACHE_PURGE_EVERY = 3600.0  # seconds
@@ -56,7 +59,11 @@ class Proxy:
         self.pipelining_action = Action.named(config.pipelining_action)
         self.log = get_logger()
         self.connections: set[Connection] = set()
-        self.pool = BackendPool(config)
+        try:
+            self.tls = self._server_tls()
+            self.pool = BackendPool(config, BackendTls.from_config(config))
+        except TlsSetupError as error:
+            raise StartupError(str(error), status=2) from None
         self.jitter = config.jitter_seconds
         self.limits = ClientLimits(config.client_concurrency, config.client_rate)
         self.stress = StressMode(config.max_connections, self.log)
@@ -165,7 +172,7 @@ class Proxy:
 
     async def _check_relay(self, first: bool) -> None:
         started = time.monotonic()
-        check = await check_relay(self.config)
+        check = await check_relay(self.config, self.pool.tls)
         if check.status is not RelayStatus.UNKNOWN and not self.pool.latency:
             self.pool.latency = time.monotonic() - started  # a whole dialogue: errs on the early side
         if check.status is RelayStatus.OPEN and not self.config.allow_open_backend:
@@ -212,12 +219,25 @@ class Proxy:
         return access
 
     def reload(self) -> None:
-        """SIGHUP: re-read the access file; a bad file keeps the old list. Connections in flight
-        keep the entry they were given; new ones see the new list (one assignment: atomic)."""
+        """SIGHUP: re-read the access file and the TLS certificate and key; a bad file keeps the old
+        one. Connections in flight keep what they were given; new ones get the new (one assignment)."""
         try:
             self.access = self._load_access()
         except StartupError as error:
             self.log.error("access_list", path=self.config.access_file, error=str(error), kept="old list")
+        if self.tls is not None:
+            try:
+                self.tls = self._server_tls()
+            except TlsSetupError as error:
+                self.log.error("tls_reload", error=str(error), kept="old certificate")
+
+    def _server_tls(self) -> ssl.SSLContext | None:
+        config = self.config
+        if config.tls_cert is None or config.tls_key is None:
+            return None
+        context = server_context(config.tls_cert, config.tls_key, config.tls_ciphers)
+        self.log.info("tls_certificate", cert=config.tls_cert, key=config.tls_key)
+        return context
 
     def cache_key(self, ip: str) -> str:
         return cache_key(ip, *self.config.pass_prefix)

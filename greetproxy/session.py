@@ -11,6 +11,8 @@ from .logs import get_logger
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from .tls import TlsInfo
+
 
 def new_session_id() -> str:
     return secrets.token_hex(6)
@@ -28,6 +30,7 @@ class Session:
         "commands",
         "messages",
         "finished",
+        "tls",
     )
 
     def __init__(self, client_ip: str, client_port: int) -> None:
@@ -43,6 +46,10 @@ class Session:
         self.commands = 0
         self.messages = 0
         self.finished = False
+        self.tls: TlsInfo | None = None  # set once STARTTLS succeeded
+
+    def tls_fields(self) -> dict[str, object]:
+        return self.tls.fields() if self.tls is not None else {}
 
     @property
     def age(self) -> float:
@@ -61,5 +68,6 @@ class Session:
             bytes_out=self.bytes_out,
             commands=self.commands,
             messages=self.messages,
+            **self.tls_fields(),
         )
         return True

@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import DEBIAN_STOCK_ACCESS, Sendmail, sendmail_available
+from tests.support.tls import CertFiles, write_pair
 
 IN_CI = os.environ.get("CI") == "true"
 PROXY_HOSTNAME = "proxy.example.test"
@@ -42,6 +44,17 @@ def stock_sendmail(tmp_path_factory: pytest.TempPathFactory, sendmail: Sendmail)
     yield from started_sendmail(tmp_path_factory, "stock-sendmail", access=DEBIAN_STOCK_ACCESS)
 
 
+@pytest.fixture(scope="session")
+def test_ca() -> trustme.CA:
+    return trustme.CA(organization_name="greetproxy tests")
+
+
+@pytest.fixture(scope="session")
+def proxy_certs(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA) -> CertFiles:
+    """An RSA-2048 certificate for the proxy (its host name and 127.0.0.1), from the test CA."""
+    return write_pair(test_ca, tmp_path_factory.mktemp("proxy-tls"), PROXY_HOSTNAME, "127.0.0.1")
+
+
 @pytest.fixture
 def backend(sendmail: Sendmail) -> Sendmail:
     """The shared sendmail, emptied of earlier tests' messages and running."""
@@ -70,6 +83,12 @@ def proxy_env(backend_port: int, **overrides: str) -> dict[str, str]:
 @pytest.fixture
 def start_proxy(backend: Sendmail) -> Iterator[Callable[..., ProxyProcess]]:
     """Start a greetproxy daemon in front of the shared sendmail; keyword arguments set variables."""
+    yield from proxies_for(backend)
+
+
+def proxies_for(backend: Sendmail) -> Iterator[Callable[..., ProxyProcess]]:
+    """For a fixture to ``yield from``: a starter of proxies in front of ``backend``, stopped after
+    the test, which fails if one logged a traceback or an unexpected error."""
     started: list[ProxyProcess] = []
 
     def start(**overrides: str) -> ProxyProcess:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .replies import Reply
 
 # Extensions the relay carries byte for byte. Everything else is withheld: CHUNKING/BDAT and
-# BINARYMIME (BDAT is not relayed), PIPECONNECT (clients would talk before the banner), AUTH,
-# STARTTLS, XCLIENT, XFORWARD (they would hand the proxy's trust to the client), VERB, ETRN.
+# BINARYMIME (BDAT is not relayed), PIPECONNECT (clients would talk before the banner), the
+# backend's STARTTLS (the proxy offers its own), AUTH, XCLIENT, XFORWARD (they would hand the
+# proxy's trust to the client), VERB, ETRN.
 RELAYED_EXTENSIONS = frozenset(
     {"SIZE", "8BITMIME", "SMTPUTF8", "DSN", "PIPELINING", "ENHANCEDSTATUSCODES", "DELIVERBY", "HELP"}
 )
@@ -16,12 +17,14 @@ def greeting_line(hostname: str, client_ip: str) -> bytes:
     return f"{hostname} Hello [{client_ip}], pleased to meet you".encode()
 
 
-def filter_ehlo(reply: Reply, hostname: str, client_ip: str) -> Reply:
-    """Name the proxy on the first line and keep only the extensions the relay supports."""
+def filter_ehlo(reply: Reply, hostname: str, client_ip: str, starttls: bool = False) -> Reply:
+    """Name the proxy on the first line and keep only the extensions the relay supports; offer
+    the proxy's own STARTTLS if ``starttls``."""
     if reply.code != 250:
         return reply
     kept = tuple(line for line in reply.lines[1:] if keyword(line) in RELAYED_EXTENSIONS)
-    return Reply(250, (greeting_line(hostname, client_ip), *kept))
+    offered = (b"STARTTLS",) if starttls else ()
+    return Reply(250, (greeting_line(hostname, client_ip), *kept, *offered))
 
 
 def keyword(line: bytes) -> str:

@@ -25,11 +25,19 @@ def clean_helo(helo: str) -> str:
 
 
 def received_header(
-    helo: str, client_ip: str, hostname: str, protocol: str, session_id: str, when: datetime | None = None
+    helo: str,
+    client_ip: str,
+    hostname: str,
+    protocol: str,
+    session_id: str,
+    tls: str | None = None,
+    when: datetime | None = None,
 ) -> bytes:
+    """``tls``: a comment on the session's TLS, such as ``(version=TLSv1.3 cipher=... bits=256)``."""
     date = email.utils.format_datetime(when or datetime.now().astimezone())
+    tls_line = f"\t{tls}\r\n" if tls else ""
     return (
-        f"Received: from {clean_helo(helo)} ({address_literal(client_ip)})\r\n"
+        f"Received: from {clean_helo(helo)} ({address_literal(client_ip)})\r\n{tls_line}"
         f"\tby {hostname} (greetproxy) with {protocol} id {session_id};\r\n"
         f"\t{date}\r\n"
     ).encode()

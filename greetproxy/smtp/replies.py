@@ -55,6 +55,10 @@ class ReplyParser:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def pending(self) -> bool:
+        """Bytes received beyond the replies handed out."""
+        return bool(self._buffer)
+
     def next_reply(self) -> Reply | None:
         while True:
             end = self._buffer.find(b"\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -62,6 +63,11 @@ class RawClient:
                 return newline + 1
             start = newline + 1
 
+    def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        """The handshake after a 220 to STARTTLS; nothing may be left unread from before it."""
+        assert not self.buffer, f"unread before the handshake: {self.buffer!r}"
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+
     def command(self, line: bytes | str, timeout: float = 10) -> Reply:
         self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
         return self.reply(timeout)
@@ -77,7 +83,7 @@ class RawClient:
                 self.buffer += data
         except TimeoutError:
             return False
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):
             return True
 
     def close(self) -> None:

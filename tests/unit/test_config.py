@@ -150,6 +150,13 @@ BAD_VALUES = {
     "allow_open_backend": "perhaps",
     "log_format": "xml",
     "log_level": "trace",
+    "tls_cert": "",
+    "tls_key": "",
+    "tls_ciphers": "NO-SUCH-CIPHER",
+    "backend_tls": "on",
+    "backend_tls_verify": "perhaps",
+    "backend_tls_ca": "",
+    "backend_tls_name": "bad name",
 }
 
 

@@ -13,7 +13,9 @@ WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
 
 
 def test_header_format() -> None:
-    header = received_header("client.example", "192.0.2.1", "proxy.example.test", "ESMTP", "abc123", WHEN)
+    header = received_header(
+        "client.example", "192.0.2.1", "proxy.example.test", "ESMTP", "abc123", when=WHEN
+    )
     assert header == (
         b"Received: from client.example ([192.0.2.1])\r\n"
         b"\tby proxy.example.test (greetproxy) with ESMTP id abc123;\r\n"
@@ -22,7 +24,7 @@ def test_header_format() -> None:
 
 
 def test_header_lines_are_crlf_and_folded() -> None:
-    header = received_header("a", "192.0.2.1", "p", "SMTP", "id", WHEN)
+    header = received_header("a", "192.0.2.1", "p", "SMTP", "id", when=WHEN)
     lines = header.split(b"\r\n")
     assert lines[-1] == b"" and all(line.startswith(b"\t") for line in lines[1:-1])
     assert b"\n" not in header.replace(b"\r\n", b"")
@@ -49,7 +51,7 @@ def test_address_literal(ip: str, literal: str) -> None:
 
 
 def test_ipv6_client_in_the_header() -> None:
-    header = received_header("v6.example", "2001:db8::25", "p", "ESMTP", "id", WHEN)
+    header = received_header("v6.example", "2001:db8::25", "p", "ESMTP", "id", when=WHEN)
     assert header.startswith(b"Received: from v6.example ([IPv6:2001:db8::25])\r\n")
 
 
@@ -80,6 +82,6 @@ def test_helo_is_capped() -> None:
 
 
 def test_hostile_helo_cannot_break_or_forge_the_header() -> None:
-    header = received_header("x\r\n\tby forged (y) ", "192.0.2.1", "p", "SMTP", "id", WHEN)
+    header = received_header("x\r\n\tby forged (y) ", "192.0.2.1", "p", "SMTP", "id", when=WHEN)
     assert header.count(b"\r\n") == 3
     assert header.startswith(b"Received: from x???by?forged??y? ([192.0.2.1])\r\n")
