@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import pytest
 import trustme
@@ -22,7 +23,9 @@ def test_server_context_from_rsa_and_ecdsa_pairs(ca, tmp_path):
     for key_type in (trustme.KeyType.RSA, trustme.KeyType.ECDSA):
         pair = write_pair(ca, tmp_path / key_type.name, "mx.example.test", key_type=key_type)
         context = server_context(str(pair.cert), str(pair.key), None)
-        assert context.minimum_version.name == "TLSv1_2"
+        assert context.minimum_version is ssl.TLSVersion.TLSv1_2
+        assert context.options & ssl.OP_NO_COMPRESSION
+        assert context.verify_mode is ssl.CERT_NONE  # an MX asks no client for a certificate
 
 
 def test_server_context_errors_name_the_variable(ca, tmp_path):
