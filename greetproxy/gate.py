@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import TYPE_CHECKING
 
 from .backend import BackendFailure
@@ -44,6 +45,7 @@ class Gate(asyncio.Protocol):
         "timer",
         "handed",
         "banner_at",
+        "banner_due",
         "queued",
         "waiting",
         "via",
@@ -113,6 +115,7 @@ class Gate(asyncio.Protocol):
             # the backend in the same instant.
             pause += random.uniform(0, proxy.jitter) if pause else 0.0
         self.banner_at = loop.time() + pause
+        self.banner_due = self.session.started + pause  # on the precise clock, see _relay
         # The backend is connected a little ahead of the pause's end, so that the banner goes out
         # on time rather than one backend greeting late.
         self.timer = loop.call_later(pause - proxy.pool.lead(pause), self._pause_over)
@@ -173,6 +176,7 @@ class Gate(asyncio.Protocol):
             self.timer.cancel()  # a DNSWL-listed client waits no longer and skips the other tests
             self.via = "dnswl"
             self.banner_at = asyncio.get_running_loop().time()
+            self.banner_due = time.monotonic()
             self._pause_over()
         elif self.dns_waiting:
             self.dns_waiting = False
@@ -240,9 +244,10 @@ class Gate(asyncio.Protocol):
                     421, f"4.3.2 {hostname} service not available, try again later", "backend_unavailable"
                 )
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self.banner_at:
-            await asyncio.sleep(self.banner_at - loop.time())
+        # uvloop's loop.time() counts whole milliseconds as of the start of the loop's iteration, so
+        # a timer may fire a little early; the pause is checked on the precise clock instead.
+        while (early := self.banner_due - time.monotonic()) > 0:
+            await asyncio.sleep(early)
         if self.transport.is_closing():
             link.close()
             return
