@@ -111,8 +111,9 @@ def main() -> int:
     return with_sendmail(lambda sendmail, _: run(args, sendmail))
 
 
-def proxy_for(sendmail: Sendmail, pause: float) -> ProxyProcess:
-    """No jitter: the banner figure is the timer's accuracy (the jitter adds 0 to 10% on purpose)."""
+def proxy_for(sendmail: Sendmail, pause: float, **extra: str) -> ProxyProcess:
+    """No jitter: the banner figure is the timer's accuracy (the jitter adds 0 to 10% on purpose).
+    ``extra``: more variables, by their full names."""
     return ProxyProcess(
         {
             "GREETPROXY_LISTEN": f"127.0.0.1:{free_port()}",
@@ -124,6 +125,7 @@ def proxy_for(sendmail: Sendmail, pause: float) -> ProxyProcess:
             # every bench client is 127.0.0.1: measure the pause each time, and no per-client rate limit
             "GREETPROXY_PASS_TTL": "0",
             "GREETPROXY_CLIENT_RATE": "100000",
+            **extra,
         }
     ).start(wait_for=None)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import pwd
 import re
+import shlex
 import socket
 import ssl
 from collections.abc import Mapping
@@ -166,6 +168,18 @@ def parse_dns_servers(value: object) -> tuple[Endpoint, ...]:
     return tuple(servers)
 
 
+def parse_command(value: object) -> tuple[str, ...]:
+    if isinstance(value, tuple):
+        return value
+    try:
+        words = tuple(shlex.split(str(value)))
+    except ValueError as error:
+        raise ValueError(f"expected a command line in sh quoting ({error})") from None
+    if not words:
+        raise ValueError("expected a command, such as /usr/sbin/sendmail -bs -Am")
+    return words
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
@@ -270,6 +284,18 @@ class Settings(BaseModel):
     backend_tls_name: str | None = Field(
         default=None, description="name the backend's certificate must carry (default: GREETPROXY_HOSTNAME)"
     )
+    handoff: Literal["off", "sendmail"] = Field(
+        default="off",
+        description="`sendmail`: give each screened client's socket to a new sendmail (it sees the real "
+        "client) instead of relaying",
+    )
+    sendmail_command: Annotated[tuple[str, ...], BeforeValidator(parse_command)] = Field(
+        default=("/usr/sbin/sendmail", "-bs", "-Am"),
+        description="what the hand-off helper runs, as root, with the client socket as stdin and stdout",
+    )
+    user: str | None = Field(
+        default=None, description="user to run as after binding the ports (the hand-off helper stays root)"
+    )
     max_errors: int = Field(default=10, ge=1, description="error replies before a client is cut off")
     shutdown_grace: Duration = Field(default=30.0, description="time live sessions get to finish on SIGTERM")
     allow_open_backend: bool = Field(default=False, description="start even if the backend relays for us")
@@ -291,6 +317,15 @@ class Settings(BaseModel):
             value = self.tls_cert or self.tls_key
             raise ConfigError(
                 f"{ENV_PREFIX}{given}={value!r}: expected {ENV_PREFIX}{missing} as well (STARTTLS needs both)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _handoff_keeps_every_byte(self) -> Settings:
+        if self.handoff == "sendmail" and self.pregreet_action == "ignore":
+            raise ConfigError(
+                f"{ENV_PREFIX}PREGREET_ACTION='ignore': expected drop or enforce with "
+                f"{ENV_PREFIX}HANDOFF=sendmail (the bytes an early talker sent cannot be handed over)"
             )
         return self
 
@@ -336,6 +371,16 @@ class Settings(BaseModel):
                 ssl.create_default_context().set_ciphers(value)
             except ssl.SSLError:
                 raise ValueError("expected an OpenSSL cipher list that names a cipher") from None
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _known_user(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                pwd.getpwnam(value)
+            except KeyError:
+                raise ValueError("expected the name of a user on this host") from None
         return value
 
     @field_validator("greet_banner")

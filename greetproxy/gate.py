@@ -12,9 +12,10 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from .backend import BackendFailure
+from .backend import BackendFailure, BackendLink
 from .enforce import EnforceSession
-from .pool import BackendBusy
+from .handoff import Handoff, HandoffFailure, duplicate_socket
+from .pool import BackendBusy, Slot
 from .relay import RelaySession
 from .screening import Action, Finding, Verdict
 from .screening.access import AccessAction
@@ -115,7 +116,7 @@ class Gate(asyncio.Protocol):
             # the backend in the same instant.
             pause += random.uniform(0, proxy.jitter) if pause else 0.0
         self.banner_at = loop.time() + pause
-        self.banner_due = self.session.started + pause  # on the precise clock, see _relay
+        self.banner_due = self.session.started + pause  # on the precise clock, see _pass_on
         # The backend is connected a little ahead of the pause's end, so that the banner goes out
         # on time rather than one backend greeting late.
         self.timer = loop.call_later(pause - proxy.pool.lead(pause), self._pause_over)
@@ -203,7 +204,7 @@ class Gate(asyncio.Protocol):
             return
         verdict = self.proxy.decide(self.session, self._findings())
         if verdict.passed:
-            self.queued = self.proxy.spawn(self._relay())
+            self.queued = self.proxy.spawn(self._pass_on())
         elif verdict.action is Action.ENFORCE:  # greeted when the pause is over, like everyone
             self.timer = asyncio.get_running_loop().call_at(self.banner_at, self._act, verdict)
         else:
@@ -223,15 +224,20 @@ class Gate(asyncio.Protocol):
         self.session.log.info("reject", code=code, reason=reason, command="CONNECT")
         self._close_with(code, text, "rejected")
 
-    async def _relay(self) -> None:
+    async def _pass_on(self) -> None:
+        """The client passed: wait for a backend slot, then relay to the backend (connected now)
+        or, in hand-off mode, give the client's socket to a new sendmail."""
         pool = self.proxy.pool
         hostname = self.proxy.config.hostname
+        handoff = self.proxy.handoff
+        link = None
         try:
             try:
                 slot = await pool.admit(self.session, self.banner_at)
             finally:
                 self.queued = None  # from here on a backend socket may be open: no cancelling
-            link = await pool.connect(self.session, slot)
+            if handoff is None:
+                link = await pool.connect(self.session, slot)
         except BackendBusy as busy:
             self.session.log.warning("backend_busy", reason=str(busy), code=421)
             busy_text = f"4.3.2 {hostname} all server ports are busy, try again later"
@@ -249,12 +255,12 @@ class Gate(asyncio.Protocol):
         while (early := self.banner_due - time.monotonic()) > 0:
             await asyncio.sleep(early)
         if self.transport.is_closing():
-            link.close()
+            _let_go(link, slot)
             return
         # early talk may have come while the backend greeted
         verdict = self.proxy.decide(self.session, self._findings())
         if not verdict.passed:
-            link.close()
+            _let_go(link, slot)
             self._act(verdict)
             return
         self._report_pregreet()
@@ -268,10 +274,40 @@ class Gate(asyncio.Protocol):
         )
         if self.via == "tests" and not verdict.findings:
             self.proxy.remember(self.session.client_ip)
+        if link is None:
+            assert handoff is not None
+            await self._hand_off(handoff, slot)
+            return
         reader, writer = self._hand_over()
         relay = RelaySession(self.proxy, self.session, reader, writer, link)
         self.proxy.swap(self, relay)
         await relay.run(greeting=banner(self.proxy.config.hostname))
+
+    async def _hand_off(self, handoff: Handoff, slot: Slot) -> None:
+        hostname = self.proxy.config.hostname
+        self.transport.pause_reading()  # from now on the client's bytes are sendmail's to read
+        self._stop_waiting()
+        if self.held:  # a permitted client (or a dry run) that talked early: it cannot go on intact
+            slot.release()
+            self.session.log.warning("handoff_failed", reason="bytes sent before the banner", code=421)
+            self._close_with(421, f"4.7.0 {hostname} talked before the greeting", "handoff_failed")
+            return
+        copy = duplicate_socket(self.transport)
+        try:
+            pid = await handoff.hand_off(self.session, copy, slot)
+        except HandoffFailure as failure:
+            self.session.log.warning("handoff_failed", reason=str(failure), code=421)
+            self._close_with(
+                421, f"4.3.2 {hostname} service not available, try again later", "handoff_failed"
+            )
+            return
+        finally:
+            copy.close()
+        self.session.log.info("handoff", pid=pid, children=handoff.children)
+        self.handed = True
+        self.session.finish("handoff")
+        self.transport.abort()  # closes only our descriptor: the connection is sendmail's now
+        self.proxy.release(self)
 
     def _enforce(self, reason: str) -> None:
         reader, writer = self._hand_over()
@@ -318,3 +354,11 @@ class Gate(asyncio.Protocol):
             self.queued.cancel()
         if not self.transport.is_closing():
             self._close_with(421, f"4.3.2 {self.proxy.config.hostname} service shutting down", "shutdown")
+
+
+def _let_go(link: BackendLink | None, slot: Slot) -> None:
+    """Give the backend slot back: closing a connected link frees it once its socket is closed."""
+    if link is not None:
+        link.close()
+    else:
+        slot.release()

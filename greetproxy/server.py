@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pwd
 import resource
+import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -18,6 +22,7 @@ from .backend import BackendTls
 from .config import Endpoint, Settings
 from .gate import Gate
 from .guard import RelayStatus, check_relay, open_relay_advice
+from .handoff import Handoff
 from .logs import get_logger
 from .notify import Notifier
 from .pool import BackendPool
@@ -73,6 +78,15 @@ class Proxy:
         self.dnsbl: DnsblScreen | None = None
         self.resolver: Resolver | None = None
         self.dnsbl_action = Action.named(config.dnsbl_action)
+        self.handoff: Handoff | None = None
+        if config.handoff == "sendmail":
+            if shutil.which(config.sendmail_command[0]) is None:
+                raise StartupError(
+                    f"GREETPROXY_SENDMAIL_COMMAND={shlex.join(config.sendmail_command)!r}: "
+                    f"{config.sendmail_command[0]} is not an executable file",
+                    status=2,
+                )
+            self.handoff = Handoff(config.sendmail_command, config.log_format, config.log_level)
         self.exit_status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -142,6 +156,10 @@ class Proxy:
 
     async def start(self) -> None:
         raise_file_limit(self.log)
+        sockets = [listening_socket(endpoint) for endpoint in self.config.listen]  # port 25: as root
+        if self.handoff is not None:
+            self.handoff.start()  # the helper keeps root; this process gives it up now
+        drop_privileges(self.config.user, self.handoff is not None, self.log)
         self.access = self._load_access()
         if self.config.pass_ttl > 0:
             try:
@@ -153,10 +171,14 @@ class Proxy:
             self.spawn(self._purge_cache(self.cache))
         if self.config.dnsbl_sites:
             self._start_dnsbl(self.config.dnsbl_sites)
-        await self._check_relay(first=True)
+        if self.handoff is not None:
+            self.handoff.attach(self._handoff_lost)
+            # sendmail sees every client's own address: there is no trust in ours to inherit
+            self.pool.ready = True
+        else:
+            await self._check_relay(first=True)
         loop = asyncio.get_running_loop()
-        for endpoint in self.config.listen:
-            sock = listening_socket(endpoint)
+        for sock in sockets:
             self._servers.append(await loop.create_server(lambda: Gate(self), sock=sock))
         self.log.info(
             "listening",
@@ -168,6 +190,7 @@ class Proxy:
             max_connections=self.config.max_connections,
             backend_max_connections=self.config.backend_max_connections,
             backend_connect_rate=self.config.backend_connect_rate,
+            handoff=self.config.handoff,
         )
 
     async def _check_relay(self, first: bool) -> None:
@@ -206,6 +229,12 @@ class Proxy:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _handoff_lost(self) -> None:
+        """Only root could start a new helper: exit, for the supervisor to restart us both."""
+        self.log.error("handoff_helper", state="lost", action="exiting")
+        self.exit_status = 1
+        self.stop()
 
     def _load_access(self) -> AccessList:
         path = self.config.access_file
@@ -326,6 +355,8 @@ class Proxy:
             await self.cache.close()
         if self.resolver is not None:
             await self.resolver.close()
+        if self.handoff is not None:
+            self.handoff.close(self.log)
         self.log.info("stopped", left=len(self.connections))
 
 
@@ -343,6 +374,30 @@ def listening_socket(endpoint: Endpoint) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on {endpoint}: {error.strerror or error}") from None
     return sock
+
+
+def drop_privileges(user: str | None, handoff: bool, log: Any) -> None:
+    """Become ``user`` once the ports are bound; hand-off mode never serves the network as root."""
+    if os.geteuid() != 0:
+        if user is not None and pwd.getpwnam(user).pw_uid != os.geteuid():
+            raise StartupError(f"GREETPROXY_USER={user!r}: only root can switch to another user", status=2)
+        return
+    if user is None:
+        if handoff:
+            raise StartupError(
+                "GREETPROXY_HANDOFF=sendmail: set GREETPROXY_USER to the unprivileged user the "
+                "network-facing process is to run as (only the hand-off helper keeps root)",
+                status=2,
+            )
+        log.warning("privileges", user="root", advice="set GREETPROXY_USER to run unprivileged")
+        return
+    entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        raise StartupError(f"GREETPROXY_USER={user!r}: expected an unprivileged user", status=2)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("privileges", user=user, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
 def raise_file_limit(log: Any) -> None:

@@ -88,7 +88,7 @@ def test_enforce_greets_refuses_mail_and_logs_the_attempt(start_proxy, backend):
     event = proxy.wait_event("pregreet")
     assert event["action"] == "enforce"
     session = event["session"]
-    rejects = proxy.find("reject", session=session, enforced=True)
+    rejects = proxy.wait_count("reject", 3, session=session, enforced=True)  # MAIL, RCPT, DATA
     assert {(reject["command"], reject["address"]) for reject in rejects if "address" in reject} == {
         ("MAIL", "spam@bot.example"),
         ("RCPT", "victim@example.test"),

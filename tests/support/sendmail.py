@@ -395,6 +395,12 @@ class Sendmail:
         """sendmail's syslog lines since the last start() (still there after stop())."""
         return self._syslog.text() if self._syslog is not None else ""
 
+    def session_command(self) -> list[str]:
+        """``sendmail -bs -Am`` with this instance's configuration, in its private namespace: the
+        command that serves one SMTP session on its standard input and output, as inetd runs it."""
+        cf = str(self.workdir / "sendmail.cf")
+        return self._namespaced(_tool_paths()["sendmail"], "-C", cf, "-bs", "-Am")
+
     def _session_pids(self) -> list[int]:
         return _live_children(self._proc.pid) if self.is_running() else []
 

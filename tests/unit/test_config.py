@@ -157,6 +157,9 @@ BAD_VALUES = {
     "backend_tls_verify": "perhaps",
     "backend_tls_ca": "",
     "backend_tls_name": "bad name",
+    "handoff": "inetd",
+    "sendmail_command": "'unclosed",
+    "user": "no-such-user-here",
 }
 
 
