@@ -322,10 +322,17 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _handoff_keeps_every_byte(self) -> Settings:
-        if self.handoff == "sendmail" and self.pregreet_action == "ignore":
+        if self.handoff != "sendmail":
+            return self
+        if self.pregreet_action == "ignore":
             raise ConfigError(
                 f"{ENV_PREFIX}PREGREET_ACTION='ignore': expected drop or enforce with "
                 f"{ENV_PREFIX}HANDOFF=sendmail (the bytes an early talker sent cannot be handed over)"
+            )
+        if self.tls_cert is not None:
+            raise ConfigError(
+                f"{ENV_PREFIX}TLS_CERT={self.tls_cert!r}: not used with {ENV_PREFIX}HANDOFF=sendmail "
+                "(STARTTLS is sendmail's own after the hand-off: configure its certificate there)"
             )
         return self
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from greetproxy.config import (
@@ -263,3 +265,21 @@ def test_backend_pressure_defaults() -> None:
     settings = load({})
     assert (settings.backend_max_connections, settings.backend_queue_timeout) == (100, 30.0)
     assert settings.backend_connect_rate is None and settings.greet_pause_jitter == "10%"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"GREETPROXY_PREGREET_ACTION": "ignore"},
+            "GREETPROXY_PREGREET_ACTION='ignore': expected drop or enforce",
+        ),
+        (
+            {"GREETPROXY_TLS_CERT": "/c.pem", "GREETPROXY_TLS_KEY": "/k.pem"},
+            "GREETPROXY_TLS_CERT='/c.pem': not used with GREETPROXY_HANDOFF=sendmail",
+        ),
+    ],
+)
+def test_handoff_refuses_settings_that_belong_to_the_relay(extra, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load({"GREETPROXY_HANDOFF": "sendmail", **extra})
