@@ -270,6 +270,8 @@ class Sendmail:
     connection_rate_throttle: int | None = None
     # Inserted just before the MAILER() lines, so it may hold FEATURE() as well as define() lines.
     extra_mc: str = ""
+    # False: extra_mc brings the DAEMON_OPTIONS line for 127.0.0.1:port (a snippet under test).
+    mta_daemon: bool = True
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _syslog: _SyslogReceiver | None = field(default=None, init=False, repr=False)
 
@@ -494,6 +496,11 @@ class Sendmail:
     def _mc(self) -> str:
         work = self.workdir
         listen = f", Listen={self.listen_backlog}" if self.listen_backlog is not None else ""
+        daemon = (
+            f"DAEMON_OPTIONS(`Family=inet, Name=MTA-test, Port={self.port}, Addr=127.0.0.1{listen}')dnl\n"
+        )
+        if not self.mta_daemon:
+            daemon = ""
         throttle = (
             f"define(`confCONNECTION_RATE_THROTTLE', `{self.connection_rate_throttle}')dnl\n"
             if self.connection_rate_throttle is not None
@@ -531,8 +538,7 @@ dnl A busy test machine must not make sendmail queue mail or refuse connections.
 define(`confQUEUE_LA', `1000')dnl
 define(`confREFUSE_LA', `1000')dnl
 {throttle}FEATURE(`no_default_msa')dnl
-DAEMON_OPTIONS(`Family=inet, Name=MTA-test, Port={self.port}, Addr=127.0.0.1{listen}')dnl
-FEATURE(`use_cw_file')dnl
+{daemon}FEATURE(`use_cw_file')dnl
 FEATURE(`access_db', `hash -T<TMPF> {work}/access')dnl
 FEATURE(`virtusertable', `hash -o {work}/virtusertable')dnl
 FEATURE(`mailertable', `hash -o {work}/mailertable')dnl
