@@ -1,4 +1,4 @@
-"""Command line: ``greetproxy run`` (the daemon) and ``greetproxy demo``."""
+"""Command line: ``greetproxy run`` (the daemon), ``check``, ``demo`` and ``cache``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"greetproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the proxy, configured by GREETPROXY_* environment variables")
+    commands.add_parser(
+        "check", help="print the effective settings and check the backend, files and DNSBLs; 1 if wrong"
+    )
     demo = commands.add_parser("demo", help="run the proxy in front of an embedded backend, on loopback")
     demo.add_argument("--maildir", default="demo-maildir", help="where the demo backend stores messages")
     demo.add_argument("--port", type=int, default=2525, help="loopback port of the demo proxy")
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cache":
         return cache_main(args)
+    if args.command == "check":
+        return check_main()
     if args.command == "demo":
         from .demo import demo_main
 
@@ -63,6 +68,18 @@ def cache_main(args: argparse.Namespace) -> int:
         print(f"greetproxy: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_main() -> int:
+    from .check import check
+
+    try:
+        settings = config.load()
+    except config.ConfigError as error:
+        print(f"greetproxy: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, "error")  # the report is the output; log lines would clutter it
+    return uvloop.run(check(settings, config.explicit_variables()))
 
 
 def run_main() -> int:

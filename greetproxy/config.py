@@ -418,6 +418,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(_describe(error, values)) from None
 
 
+def explicit_variables(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The GREETPROXY_ variables the environment sets (the rest take their defaults)."""
+    environ = os.environ if environ is None else environ
+    return frozenset(name for name in environ if name in set(variable_names()))
+
+
 def systemd_notify(environ: Mapping[str, str] | None = None) -> tuple[str | None, float | None]:
     """Where systemd wants sd_notify messages, and how often a watchdog ping (half its interval).
     systemd's own variables, not settings; read here so that nothing else reads the environment."""

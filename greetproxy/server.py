@@ -285,16 +285,7 @@ class Proxy:
             self.spawn(self.cache.forget(self.cache_key(ip)))
 
     def _start_dnsbl(self, sites: str) -> None:
-        config = self.config
-        servers = [(server.host, server.port) for server in config.dns_servers]
-        self.resolver = make_resolver(servers, config.dnsbl_timeout)
-        self.dnsbl = DnsblScreen(
-            parse_sites(sites),
-            config.dnsbl_threshold,
-            config.dnswl_threshold,
-            config.dnsbl_timeout,
-            self.resolver,
-        )
+        self.dnsbl, self.resolver = build_dnsbl(self.config, sites)
         self.spawn(self._dnsbl_self_test(self.dnsbl))
 
     async def _dnsbl_self_test(self, screen: DnsblScreen) -> None:
@@ -374,6 +365,15 @@ def listening_socket(endpoint: Endpoint) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on {endpoint}: {error.strerror or error}") from None
     return sock
+
+
+def build_dnsbl(config: Settings, sites: str) -> tuple[DnsblScreen, Resolver]:
+    servers = [(server.host, server.port) for server in config.dns_servers]
+    resolver = make_resolver(servers, config.dnsbl_timeout)
+    screen = DnsblScreen(
+        parse_sites(sites), config.dnsbl_threshold, config.dnswl_threshold, config.dnsbl_timeout, resolver
+    )
+    return screen, resolver
 
 
 def drop_privileges(user: str | None, handoff: bool, log: Any) -> None:

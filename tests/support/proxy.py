@@ -174,11 +174,14 @@ class ProxyProcess:
             return found
 
 
-def run_once(env: Mapping[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``greetproxy run`` that is expected to exit by itself (bad config, open relay)."""
+def run_once(
+    env: Mapping[str, str], timeout: float = 30, command: str = "run"
+) -> subprocess.CompletedProcess[str]:
+    """``greetproxy run`` that is expected to exit by itself (bad config, open relay), or another
+    ``command`` such as ``check``."""
     child_env = child_environment(env)
     return subprocess.run(
-        [sys.executable, "-m", "greetproxy", "run"],
+        [sys.executable, "-m", "greetproxy", command],
         env=child_env,
         capture_output=True,
         text=True,
