@@ -83,6 +83,7 @@ def check_main() -> int:
 
 
 def run_main() -> int:
+    from .metrics import Metrics
     from .notify import Notifier
     from .server import StartupError, run
 
@@ -91,10 +92,11 @@ def run_main() -> int:
     except config.ConfigError as error:
         print(f"greetproxy: {error}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_format, settings.log_level)
+    metrics = Metrics() if settings.metrics_listen is not None else None
+    logs.configure(settings.log_format, settings.log_level, counter=metrics)
     notifier = Notifier(*config.systemd_notify(), logs.get_logger())
     try:
-        return uvloop.run(run(settings, notifier))
+        return uvloop.run(run(settings, notifier, metrics))
     except StartupError as error:
         print(f"greetproxy: {error}", file=sys.stderr)
         return error.status

@@ -85,6 +85,12 @@ def parse_endpoint(value: object) -> Endpoint:
     return Endpoint(_ip_literal(host), port_number)
 
 
+def parse_optional_endpoint(value: object) -> Endpoint | None:
+    if value is None or isinstance(value, Endpoint):
+        return value
+    return parse_endpoint(value) if str(value).strip() else None
+
+
 def parse_endpoint_list(value: object) -> tuple[Endpoint, ...]:
     if isinstance(value, tuple | list):
         return tuple(item if isinstance(item, Endpoint) else parse_endpoint(item) for item in value)
@@ -295,6 +301,10 @@ class Settings(BaseModel):
     )
     user: str | None = Field(
         default=None, description="user to run as after binding the ports (the hand-off helper stays root)"
+    )
+    metrics_listen: Annotated[Endpoint | None, BeforeValidator(parse_optional_endpoint)] = Field(
+        default=None,
+        description="address for Prometheus metrics at /metrics, e.g. 127.0.0.1:9125; unset: off",
     )
     max_errors: int = Field(default=10, ge=1, description="error replies before a client is cut off")
     shutdown_grace: Duration = Field(default=30.0, description="time live sessions get to finish on SIGTERM")

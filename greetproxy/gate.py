@@ -310,6 +310,7 @@ class Gate(asyncio.Protocol):
         self.proxy.release(self)
 
     def _enforce(self, reason: str) -> None:
+        self.session.log.info("enforce", reason=reason)
         reader, writer = self._hand_over()
         engine = EnforceSession(self.proxy, self.session, reader, writer, reason)
         self.proxy.swap(self, engine)

@@ -7,15 +7,25 @@ import sys
 
 import orjson
 import structlog
+from structlog.typing import EventDict, Processor
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_METHOD_LEVELS = {
+    **_LEVELS,
+    "warn": logging.WARNING,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 
-def configure(log_format: str = "json", level: str = "info") -> None:
-    shared = [
+def configure(log_format: str = "json", level: str = "info", counter: Processor | None = None) -> None:
+    """``counter``: a processor that sees every event, whatever the level (the metrics)."""
+    shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if counter is not None:
+        shared = [counter, _below(_LEVELS[level]), *shared]
     if log_format == "console":
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=False)]
         factory = structlog.PrintLoggerFactory(sys.stdout)
@@ -24,12 +34,22 @@ def configure(log_format: str = "json", level: str = "info") -> None:
         factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        # With a counter the level is applied after it, by _below; else here, where it costs least.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if counter else _LEVELS[level]),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     # aiosmtpd and asyncio log through the standard library; keep their warnings, as JSON too.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+
+
+def _below(threshold: int) -> Processor:
+    def drop(_: object, method: str, event: EventDict) -> EventDict:
+        if _METHOD_LEVELS.get(method, logging.INFO) < threshold:
+            raise structlog.DropEvent
+        return event
+
+    return drop
 
 
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:

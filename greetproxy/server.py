@@ -24,6 +24,7 @@ from .gate import Gate
 from .guard import RelayStatus, check_relay, open_relay_advice
 from .handoff import Handoff
 from .logs import get_logger
+from .metrics import Metrics
 from .notify import Notifier
 from .pool import BackendPool
 from .screening import Action, Finding, Verdict, decide
@@ -57,8 +58,9 @@ class StartupError(Exception):
 
 
 class Proxy:
-    def __init__(self, config: Settings) -> None:
+    def __init__(self, config: Settings, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.pregreet_action = Action.named(config.pregreet_action)
         self.non_smtp_action = Action.named(config.non_smtp_action)
         self.pipelining_action = Action.named(config.pipelining_action)
@@ -180,6 +182,8 @@ class Proxy:
         loop = asyncio.get_running_loop()
         for sock in sockets:
             self._servers.append(await loop.create_server(lambda: Gate(self), sock=sock))
+        if self.metrics is not None and self.config.metrics_listen is not None:
+            self._serve_metrics(self.metrics, self.config.metrics_listen)
         self.log.info(
             "listening",
             listen=[str(endpoint) for endpoint in self.config.listen],
@@ -229,6 +233,21 @@ class Proxy:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _serve_metrics(self, metrics: Metrics, endpoint: Endpoint) -> None:
+        metrics.watch(
+            waiting=lambda: self.waiting,
+            served=lambda: len(self.connections) - self.waiting,
+            dnsbl_lists=self.dnsbl.domains if self.dnsbl is not None else (),
+        )
+        try:
+            metrics.serve(endpoint)
+        except OSError as error:
+            raise StartupError(
+                f"GREETPROXY_METRICS_LISTEN={str(endpoint)!r}: cannot listen: {error.strerror or error}",
+                status=2,
+            ) from None
+        self.log.info("metrics", listen=str(endpoint))
 
     def _handoff_lost(self) -> None:
         """Only root could start a new helper: exit, for the supervisor to restart us both."""
@@ -409,6 +428,6 @@ def raise_file_limit(log: Any) -> None:
     log.info("file_limit", soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard=hard)
 
 
-async def run(config: Settings, notifier: Notifier) -> int:
-    proxy = Proxy(config)
+async def run(config: Settings, notifier: Notifier, metrics: Metrics | None = None) -> int:
+    proxy = Proxy(config, metrics)
     return await proxy.serve(notifier)

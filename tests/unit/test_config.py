@@ -162,6 +162,7 @@ BAD_VALUES = {
     "handoff": "inetd",
     "sendmail_command": "'unclosed",
     "user": "no-such-user-here",
+    "metrics_listen": "localhost:9125",
 }
 
 

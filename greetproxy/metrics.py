@@ -1,0 +1,130 @@
+"""Prometheus metrics at GREETPROXY_METRICS_LISTEN, derived from the log events.
+
+Every decision is already one log event, so the counters are kept by a structlog processor that
+sees each event before the level filter: no code path counts anything twice, and a new event type
+is one more branch here. The gauges read the proxy's own counts when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .config import Endpoint
+
+# What a connection came to, from the events that decide it.
+_LIMITS = frozenset({"max_connections", "client_concurrency", "client_rate"})
+_PASS_VIA = {"tests": "pass", "cache": "pass_cached", "permit": "pass_permit", "dnswl": "pass_dnswl"}
+_PAUSE_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 300)
+_SESSION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+def reply_class(reply: object) -> str:
+    text = str(reply)
+    return f"{text[0]}xx" if text[:1].isdigit() else "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.connections = Counter(
+            "greetproxy_connections", "Connections by what they came to", ["outcome"], registry=registry
+        )
+        self.pause = Histogram(
+            "greetproxy_pause_seconds",
+            "Time from connect to passing screening",
+            buckets=_PAUSE_BUCKETS,
+            registry=registry,
+        )
+        self.session = Histogram(
+            "greetproxy_session_seconds", "Connection lifetimes", buckets=_SESSION_BUCKETS, registry=registry
+        )
+        self.dnsbl = Counter(
+            "greetproxy_dnsbl_answers",
+            "DNSBL/DNSWL answers by list and result",
+            ["list", "result"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "greetproxy_messages",
+            "Messages by the backend's end-of-data reply class",
+            ["reply"],
+            registry=registry,
+        )
+        self.backend_errors = Counter(
+            "greetproxy_backend_errors",
+            "Backend error replies by command and class",
+            ["command", "reply"],
+            registry=registry,
+        )
+        self.tls = Counter(
+            "greetproxy_tls_sessions", "STARTTLS handshakes by version", ["version"], registry=registry
+        )
+        self.tls_errors = Counter("greetproxy_tls_errors", "Failed STARTTLS handshakes", registry=registry)
+        self.waiting = Gauge(
+            "greetproxy_connections_waiting", "Connections in the greet pause", registry=registry
+        )
+        self.relaying = Gauge(
+            "greetproxy_connections_served",
+            "Connections past the pause (relayed or enforced)",
+            registry=registry,
+        )
+        self.dnsbl_lists: tuple[str, ...] = ()
+
+    def watch(
+        self, waiting: Callable[[], int], served: Callable[[], int], dnsbl_lists: tuple[str, ...]
+    ) -> None:
+        self.waiting.set_function(waiting)
+        self.relaying.set_function(served)
+        self.dnsbl_lists = dnsbl_lists
+
+    def serve(self, endpoint: Endpoint) -> None:
+        """The /metrics endpoint, in a thread of prometheus-client's."""
+        start_http_server(endpoint.port, addr=endpoint.host, registry=self.registry)
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """The structlog processor: count the event, pass it on unchanged."""
+        name = event.get("event")
+        if name == "pass":
+            self.connections.labels(_PASS_VIA.get(event.get("via"), "pass")).inc()
+            self.pause.observe(event.get("waited", 0))
+        elif name == "reject" and event.get("command") == "CONNECT":
+            self.connections.labels(self._rejected(str(event.get("reason", "")))).inc()
+        elif name == "reject" and event.get("by") == "backend":
+            self.backend_errors.labels(event.get("command", "?"), reply_class(event.get("code"))).inc()
+        elif name in ("backend_unavailable", "backend_busy", "handoff_failed") and "sender" not in event:
+            self.connections.labels(name).inc()
+        elif name == "enforce":
+            self.connections.labels("enforce").inc()
+        elif name == "disconnect":
+            self.session.observe(event.get("duration", 0))
+        elif name == "message":
+            self.messages.labels(reply_class(event.get("reply"))).inc()
+        elif name == "dnsbl":
+            self._dnsbl(event)
+        elif name == "tls":
+            self.tls.labels(event.get("tls_version", "?")).inc()
+        elif name == "tls_error":
+            self.tls_errors.inc()
+        return event
+
+    @staticmethod
+    def _rejected(reason: str) -> str:
+        reasons = set(reason.split(", "))
+        if "pregreet" in reasons:
+            return "pregreet"
+        if "dnsbl" in reasons:
+            return "dnsbl"
+        if reasons & _LIMITS:
+            return "limit"
+        return "access_reject" if "access" in reasons else "rejected"
+
+    def _dnsbl(self, event: MutableMapping[str, Any]) -> None:
+        listed = {item.split("=", 1)[0] for item in event.get("listed", [])}
+        failed = {item.split(":", 1)[0] for item in event.get("errors", [])}
+        for domain in self.dnsbl_lists:
+            result = "listed" if domain in listed else "error" if domain in failed else "not_listed"
+            self.dnsbl.labels(domain, result).inc()

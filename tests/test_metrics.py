@@ -1,0 +1,56 @@
+"""Prometheus metrics at GREETPROXY_METRICS_LISTEN, counted from the decisions the proxy logs."""
+
+from __future__ import annotations
+
+import smtplib
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.client import RawClient
+from tests.support.dns import DnsStub
+from tests.support.proxy import free_port
+
+DOMAIN = "example.test"
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_outcomes_messages_dnsbl_answers_and_waiting_clients(start_proxy, backend):
+    metrics_port = free_port()
+    with DnsStub() as dns:
+        dns.set("7.0.0.127.bl.test", ["127.0.0.2"])
+        proxy = start_proxy(
+            metrics_listen=f"127.0.0.1:{metrics_port}",
+            dnsbl_sites="bl.test",
+            dns_servers=f"127.0.0.1:{dns.port}",
+        )
+        with smtplib.SMTP("127.0.0.1", proxy.port, local_hostname="m.example", timeout=10) as client:
+            client.sendmail("a@sender.example", [f"mia@{DOMAIN}"], b"Subject: m\r\n\r\ncounted\r\n")
+            client.mail("a@sender.example")
+            assert client.rcpt(f"unknown@{DOMAIN}")[0] == 550
+        with RawClient(proxy.port) as bot:
+            bot.send(b"EHLO bot.example\r\n")
+            assert bot.reply().code == 554
+        with RawClient(proxy.port, source="127.0.0.7") as listed:
+            assert listed.reply().code == 554
+        with RawClient(proxy.port, source="127.0.0.8"):  # still in its pause while we look
+            values = scrape(metrics_port)
+            assert values[("greetproxy_connections_waiting", ())] == 1
+    assert values[("greetproxy_connections_total", (("outcome", "pass"),))] == 1
+    assert values[("greetproxy_connections_total", (("outcome", "pregreet"),))] == 1
+    assert values[("greetproxy_connections_total", (("outcome", "dnsbl"),))] == 1
+    assert values[("greetproxy_messages_total", (("reply", "2xx"),))] == 1
+    assert values[("greetproxy_backend_errors_total", (("command", "RCPT"), ("reply", "5xx")))] == 1
+    assert values[("greetproxy_dnsbl_answers_total", (("list", "bl.test"), ("result", "listed")))] == 1
+    assert values[("greetproxy_dnsbl_answers_total", (("list", "bl.test"), ("result", "not_listed")))] >= 2
+    assert values[("greetproxy_pause_seconds_count", ())] == 1
+    assert values[("greetproxy_session_seconds_count", ())] >= 3  # the three that ended
