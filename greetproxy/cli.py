@@ -1,4 +1,4 @@
-"""Command line: ``greetproxy run`` (the daemon), ``check``, ``demo`` and ``cache``."""
+"""Command line: ``greetproxy run`` (the daemon), ``check``, ``report``, ``demo`` and ``cache``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the proxy in front of an embedded backend, on loopback")
     demo.add_argument("--maildir", default="demo-maildir", help="where the demo backend stores messages")
     demo.add_argument("--port", type=int, default=2525, help="loopback port of the demo proxy")
+    report = commands.add_parser("report", help="summarize a JSON log: outcomes, top talkers, hourly")
+    report.add_argument("logfile", nargs="?", default="-", help="the log (default: standard input)")
+    report.add_argument("--top", type=int, default=10, help="how many clients in the top lists")
+    report.add_argument("--png", metavar="FILE", help="also draw the hourly outcomes (needs matplotlib)")
     cache = commands.add_parser("cache", help="inspect or edit the pass cache (GREETPROXY_STATE_DIR)")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     cache_commands.add_parser("list", help="every remembered pass and when it expires")
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cache":
         return cache_main(args)
+    if args.command == "report":
+        return report_main(args)
     if args.command == "check":
         return check_main()
     if args.command == "demo":
@@ -67,6 +73,28 @@ def cache_main(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as error:
         print(f"greetproxy: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def report_main(args: argparse.Namespace) -> int:
+    from .report import plot, render, summarize
+
+    try:
+        if args.logfile == "-":
+            summary = summarize(sys.stdin.buffer)
+        else:
+            with open(args.logfile, "rb") as log:
+                summary = summarize(log)
+    except OSError as error:
+        print(f"greetproxy: {args.logfile}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    print(render(summary, args.top), end="")
+    if args.png:
+        try:
+            plot(summary, args.png)
+        except (RuntimeError, OSError) as error:
+            print(f"greetproxy: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

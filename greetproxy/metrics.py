@@ -13,17 +13,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .config import Endpoint
+from .outcomes import connection_outcome, reply_class
 
-# What a connection came to, from the events that decide it.
-_LIMITS = frozenset({"max_connections", "client_concurrency", "client_rate"})
-_PASS_VIA = {"tests": "pass", "cache": "pass_cached", "permit": "pass_permit", "dnswl": "pass_dnswl"}
 _PAUSE_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 300)
 _SESSION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
-
-
-def reply_class(reply: object) -> str:
-    text = str(reply)
-    return f"{text[0]}xx" if text[:1].isdigit() else "other"
 
 
 class Metrics:
@@ -88,17 +81,13 @@ class Metrics:
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """The structlog processor: count the event, pass it on unchanged."""
         name = event.get("event")
+        outcome = connection_outcome(event)
+        if outcome is not None:
+            self.connections.labels(outcome).inc()
         if name == "pass":
-            self.connections.labels(_PASS_VIA.get(event.get("via"), "pass")).inc()
             self.pause.observe(event.get("waited", 0))
-        elif name == "reject" and event.get("command") == "CONNECT":
-            self.connections.labels(self._rejected(str(event.get("reason", "")))).inc()
         elif name == "reject" and event.get("by") == "backend":
             self.backend_errors.labels(event.get("command", "?"), reply_class(event.get("code"))).inc()
-        elif name in ("backend_unavailable", "backend_busy", "handoff_failed") and "sender" not in event:
-            self.connections.labels(name).inc()
-        elif name == "enforce":
-            self.connections.labels("enforce").inc()
         elif name == "disconnect":
             self.session.observe(event.get("duration", 0))
         elif name == "message":
@@ -110,17 +99,6 @@ class Metrics:
         elif name == "tls_error":
             self.tls_errors.inc()
         return event
-
-    @staticmethod
-    def _rejected(reason: str) -> str:
-        reasons = set(reason.split(", "))
-        if "pregreet" in reasons:
-            return "pregreet"
-        if "dnsbl" in reasons:
-            return "dnsbl"
-        if reasons & _LIMITS:
-            return "limit"
-        return "access_reject" if "access" in reasons else "rejected"
 
     def _dnsbl(self, event: MutableMapping[str, Any]) -> None:
         listed = {item.split("=", 1)[0] for item in event.get("listed", [])}
