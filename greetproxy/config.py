@@ -154,13 +154,13 @@ def parse_prefixes(value: object) -> tuple[int, int]:
 def check_dnsbl_sites(value: object) -> str | None:
     if value is None or not str(value).strip():
         return None
-    from .screening.dnsbl import parse_sites  # the syntax lives with the test that uses it
+    from .screening.dnsbl import load_sites  # the syntax lives with the test that uses it
 
     try:
-        parse_sites(str(value))
+        load_sites(str(value).strip())
     except ValueError as error:
-        raise ValueError(f"expected a list of domain[=filter][*weight]; {error}") from None
-    return str(value)
+        raise ValueError(f"expected a list of domain[=filter][*weight] or a file of them; {error}") from None
+    return str(value).strip()
 
 
 def parse_dns_servers(value: object) -> tuple[Endpoint, ...]:

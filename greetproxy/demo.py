@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import os
 import signal
 import socket
 import tempfile
@@ -84,6 +85,8 @@ async def _demo(maildir: Path, port: int, state: Path) -> int:
             "GREETPROXY_STATE_DIR": str(state),
             # ... and all from 127.0.0.1: a remembered pass would let the early talker skip the pause.
             "GREETPROXY_PASS_TTL": "0",
+            # loopback only, for a few minutes: root may stay root (the daemon refuses to unless told)
+            **({"GREETPROXY_USER": "root"} if os.geteuid() == 0 else {}),
         }
     )
     logs.configure(settings.log_format, settings.log_level)

@@ -29,7 +29,7 @@ from .notify import Notifier
 from .pool import BackendPool
 from .screening import Action, Finding, Verdict, decide
 from .screening.access import AccessFileError, AccessList
-from .screening.dnsbl import DnsblScreen, Resolver, make_resolver, parse_sites
+from .screening.dnsbl import DnsblScreen, Resolver, load_sites, make_resolver
 from .screening.limits import ClientLimits
 from .session import Session
 from .store import SqlitePassCache, StoreError, cache_key
@@ -267,8 +267,9 @@ class Proxy:
         return access
 
     def reload(self) -> None:
-        """SIGHUP: re-read the access file and the TLS certificate and key; a bad file keeps the old
-        one. Connections in flight keep what they were given; new ones get the new (one assignment)."""
+        """SIGHUP: re-read the access file, the TLS certificate and key, and the DNSBL sites file; a
+        bad file keeps the old one. Connections in flight keep what they were given; new ones get the
+        new (one assignment each)."""
         try:
             self.access = self._load_access()
         except StartupError as error:
@@ -278,6 +279,16 @@ class Proxy:
                 self.tls = self._server_tls()
             except TlsSetupError as error:
                 self.log.error("tls_reload", error=str(error), kept="old certificate")
+        sites = self.config.dnsbl_sites
+        if sites is not None and sites.startswith("/") and self.resolver is not None:
+            try:
+                self.dnsbl = dnsbl_screen(self.config, sites, self.resolver)
+            except ValueError as error:
+                self.log.error("dnsbl_sites", path=sites, error=str(error), kept="old lists")
+            else:
+                self.log.info("dnsbl_sites", path=sites, lists=list(self.dnsbl.domains))
+                if self.metrics is not None:
+                    self.metrics.dnsbl_lists = self.dnsbl.domains
 
     def _server_tls(self) -> ssl.SSLContext | None:
         config = self.config
@@ -305,12 +316,12 @@ class Proxy:
 
     def _start_dnsbl(self, sites: str) -> None:
         self.dnsbl, self.resolver = build_dnsbl(self.config, sites)
-        self.spawn(self._dnsbl_self_test(self.dnsbl))
+        self.spawn(self._dnsbl_self_test())
 
-    async def _dnsbl_self_test(self, screen: DnsblScreen) -> None:
+    async def _dnsbl_self_test(self) -> None:
         """RFC 5782 probes at start and every 10 minutes: a broken or blocked list is worse than none."""
-        while True:
-            for warning in await screen.self_test():
+        while self.dnsbl is not None:  # the lists of the moment: SIGHUP may have replaced them
+            for warning in await self.dnsbl.self_test():
                 self.log.warning("dnsbl_selftest", problem=warning)
             await asyncio.sleep(DNSBL_SELF_TEST_EVERY)
 
@@ -389,30 +400,38 @@ def listening_socket(endpoint: Endpoint) -> socket.socket:
 def build_dnsbl(config: Settings, sites: str) -> tuple[DnsblScreen, Resolver]:
     servers = [(server.host, server.port) for server in config.dns_servers]
     resolver = make_resolver(servers, config.dnsbl_timeout)
-    screen = DnsblScreen(
-        parse_sites(sites), config.dnsbl_threshold, config.dnswl_threshold, config.dnsbl_timeout, resolver
+    return dnsbl_screen(config, sites, resolver), resolver
+
+
+def dnsbl_screen(config: Settings, sites: str, resolver: Resolver) -> DnsblScreen:
+    return DnsblScreen(
+        load_sites(sites), config.dnsbl_threshold, config.dnswl_threshold, config.dnsbl_timeout, resolver
     )
-    return screen, resolver
 
 
 def drop_privileges(user: str | None, handoff: bool, log: Any) -> None:
-    """Become ``user`` once the ports are bound; hand-off mode never serves the network as root."""
+    """Become ``user`` once the ports are bound. Root stays root only when ``user`` says so, and
+    never in hand-off mode, whose network-facing process must not have root."""
     if os.geteuid() != 0:
         if user is not None and pwd.getpwnam(user).pw_uid != os.geteuid():
             raise StartupError(f"GREETPROXY_USER={user!r}: only root can switch to another user", status=2)
         return
     if user is None:
-        if handoff:
-            raise StartupError(
-                "GREETPROXY_HANDOFF=sendmail: set GREETPROXY_USER to the unprivileged user the "
-                "network-facing process is to run as (only the hand-off helper keeps root)",
-                status=2,
-            )
-        log.warning("privileges", user="root", advice="set GREETPROXY_USER to run unprivileged")
-        return
+        raise StartupError(
+            "running as root: set GREETPROXY_USER to the user to become once the ports are bound "
+            "(e.g. greetproxy), or GREETPROXY_USER=root to keep root on purpose",
+            status=2,
+        )
     entry = pwd.getpwnam(user)
     if entry.pw_uid == 0:
-        raise StartupError(f"GREETPROXY_USER={user!r}: expected an unprivileged user", status=2)
+        if handoff:
+            raise StartupError(
+                f"GREETPROXY_USER={user!r}: GREETPROXY_HANDOFF=sendmail needs an unprivileged user for "
+                "the network-facing process (only the hand-off helper keeps root)",
+                status=2,
+            )
+        log.warning("privileges", user=user, kept="root, as GREETPROXY_USER says")
+        return
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
 from greetproxy import config
 from tests.conftest import proxy_env
-from tests.support.proxy import ROOT, ProxyProcess
+from tests.support.proxy import ROOT, ProxyProcess, child_environment
 
 SYSTEMD = ROOT / "deploy" / "systemd"
 
@@ -82,3 +84,14 @@ def test_freebsd_rc_script_is_valid_sh():
     text = script.read_text()
     for word in ('rcvar="greetproxy_enable"', "greetproxy_env_file", "/usr/sbin/daemon", "run_rc_command"):
         assert word in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is of root")
+def test_root_without_greetproxy_user_refuses_to_start(backend):
+    env = child_environment(proxy_env(backend.port))
+    del env["GREETPROXY_USER"]
+    result = subprocess.run(
+        [sys.executable, "-m", "greetproxy", "run"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "running as root: set GREETPROXY_USER" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -115,3 +116,31 @@ def test_a_broken_list_is_reported_at_start(start_proxy, backend, dns):
     dns.nxdomain("2.0.0.127.bl.test")  # the 127.0.0.2 test entry is missing
     proxy = start(start_proxy, dns, "bl.test")
     assert "bl.test" in proxy.wait_event("dnsbl_selftest")["problem"]
+
+
+def test_sighup_rereads_a_sites_file_and_keeps_the_old_lists_if_it_is_bad(
+    start_proxy, backend, dns, tmp_path
+):
+    dns.set(f"{NAME}.quota.test", ["127.0.0.2"])  # listed only on the list the file names later
+    sites = tmp_path / "dnsbl"
+    sites.write_text("# the lists\nbl.test*2\n")
+    proxy = start(start_proxy, dns, str(sites))
+    answer, _, client = banner(proxy)
+    assert answer.code == 220  # not on bl.test
+    client.close()
+
+    sites.write_text("bl.test*2  # still\nquota.test\n")
+    proxy.signal(signal.SIGHUP)
+    assert proxy.wait_event("dnsbl_sites")["lists"] == ["bl.test", "quota.test"]
+    answer, _, client = banner(proxy)
+    assert answer == (554, f"5.7.1 Service unavailable; client [{CLIENT}] blocked using quota.test")
+    client.close()
+
+    proxy.expected_errors.add("dnsbl_sites")
+    sites.write_text("bl.test*heavy\n")
+    proxy.signal(signal.SIGHUP)
+    error = proxy.wait_event("dnsbl_sites", kept="old lists")
+    assert "heavy" in error["error"]
+    answer, _, client = banner(proxy)
+    assert answer.code == 554  # the lists before the bad edit still hold
+    client.close()

@@ -173,9 +173,8 @@ def test_losing_the_helper_stops_the_proxy_with_status_1(handoff_proxy):
     ("overrides", "expected"),
     [
         ({"pregreet_action": "ignore"}, "GREETPROXY_PREGREET_ACTION='ignore': expected drop or enforce"),
-        ({"user": None}, "GREETPROXY_HANDOFF=sendmail: set GREETPROXY_USER"),
         ({"sendmail_command": "/nonexistent/sendmail -bs"}, "/nonexistent/sendmail is not an executable"),
-        ({"user": "root"}, "GREETPROXY_USER='root': expected an unprivileged user"),
+        ({"user": "root"}, "GREETPROXY_USER='root': GREETPROXY_HANDOFF=sendmail needs an unprivileged user"),
     ],
 )
 def test_handoff_misconfiguration_exits_2(handoff_settings, backend, overrides, expected):

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import aiodns
@@ -61,6 +62,21 @@ class Site:
 def parse_sites(text: str) -> tuple[Site, ...]:
     """postscreen's syntax: items separated by commas or white space; a bad item raises ValueError."""
     return tuple(_parse_site(item) for item in _SEPARATORS.split(text.strip()) if item)
+
+
+def load_sites(setting: str) -> tuple[Site, ...]:
+    """The sites a setting names: the list itself, or (a value starting with ``/``) a file of them,
+    one or more a line, ``#`` comments; SIGHUP re-reads the file. Raises ValueError."""
+    if not setting.startswith("/"):
+        return parse_sites(setting)
+    try:
+        text = Path(setting).read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read {setting}: {error.strerror or error}") from None
+    sites = parse_sites(" ".join(line.partition("#")[0] for line in text.splitlines()))
+    if not sites:
+        raise ValueError(f"{setting} names no list")
+    return sites
 
 
 def _parse_site(item: str) -> Site:

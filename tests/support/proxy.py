@@ -29,6 +29,8 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     child = {key: value for key, value in os.environ.items() if not key.startswith("GREETPROXY_")}
     child.update(env)
     child["PYTHONPATH"] = str(ROOT)
+    if os.geteuid() == 0:  # the tests run as root (CI does): keeping it must be said
+        child.setdefault("GREETPROXY_USER", "root")
     if "GREETPROXY_STATE_DIR" not in child or "GREETPROXY_ACCESS_FILE" not in child:
         state = Path(tempfile.mkdtemp(prefix="greetproxy-state-"))
         child.setdefault("GREETPROXY_STATE_DIR", str(state))

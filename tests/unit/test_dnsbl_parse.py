@@ -230,3 +230,30 @@ def test_c_ares_never_gives_up_before_the_timeout(timeout: float) -> None:
     tries = c_ares_tries(timeout)
     assert _shortest_total(timeout, tries) >= timeout
     assert tries == 1 or _shortest_total(timeout, tries - 1) < timeout  # and no try more than that
+
+
+def test_sites_from_a_file_with_comments(tmp_path):
+    from greetproxy.screening.dnsbl import load_sites
+
+    path = tmp_path / "sites"
+    path.write_text(
+        "# lists\nzen.spamhaus.org=127.0.0.[2..11]*3  # heavy\n\nlist.dnswl.org*-5, bl.spamcop.net\n"
+    )
+    assert [(site.domain, site.weight) for site in load_sites(str(path))] == [
+        ("zen.spamhaus.org", 3),
+        ("list.dnswl.org", -5),
+        ("bl.spamcop.net", 1),
+    ]
+
+
+def test_a_sites_file_that_is_missing_or_empty_is_a_config_error(tmp_path):
+    from greetproxy.config import ConfigError, load
+
+    with pytest.raises(
+        ConfigError, match=r"^GREETPROXY_DNSBL_SITES='/nowhere/sites': .*cannot read /nowhere/sites"
+    ):
+        load({"GREETPROXY_DNSBL_SITES": "/nowhere/sites"})
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="names no list"):
+        load({"GREETPROXY_DNSBL_SITES": str(empty)})
