@@ -51,6 +51,6 @@ def test_metrics_count_outcomes_messages_dnsbl_answers_and_waiting_clients(start
     assert values[("greetproxy_messages_total", (("reply", "2xx"),))] == 1
     assert values[("greetproxy_backend_errors_total", (("command", "RCPT"), ("reply", "5xx")))] == 1
     assert values[("greetproxy_dnsbl_answers_total", (("list", "bl.test"), ("result", "listed")))] == 1
-    assert values[("greetproxy_dnsbl_answers_total", (("list", "bl.test"), ("result", "not_listed")))] >= 2
+    assert values[("greetproxy_dnsbl_answers_total", (("list", "bl.test"), ("result", "not_listed")))] >= 1
     assert values[("greetproxy_pause_seconds_count", ())] == 1
     assert values[("greetproxy_session_seconds_count", ())] >= 3  # the three that ended
