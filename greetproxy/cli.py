@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"greetproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the proxy, configured by GREETPROXY_* environment variables")
+    worker = commands.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor
+    worker.add_argument("--index", type=int, required=True)
     commands.add_parser(
         "check", help="print the effective settings and check the backend, files and DNSBLs; 1 if wrong"
     )
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import demo_main
 
         return demo_main(args.maildir, args.port)
-    return run_main()
+    return run_main(getattr(args, "index", None))
 
 
 def cache_main(args: argparse.Namespace) -> int:
@@ -110,7 +112,8 @@ def check_main() -> int:
     return uvloop.run(check(settings, config.explicit_variables()))
 
 
-def run_main() -> int:
+def run_main(worker: int | None = None) -> int:
+    """The daemon; with GREETPROXY_WORKERS above 1, the supervisor of that many ``worker``s."""
     from .metrics import Metrics
     from .notify import Notifier
     from .server import StartupError, run
@@ -120,11 +123,16 @@ def run_main() -> int:
     except config.ConfigError as error:
         print(f"greetproxy: {error}", file=sys.stderr)
         return 2
-    metrics = Metrics() if settings.metrics_listen is not None else None
-    logs.configure(settings.log_format, settings.log_level, counter=metrics)
     notifier = Notifier(*config.systemd_notify(), logs.get_logger())
+    if settings.workers > 1 and worker is None:
+        from .supervisor import Supervisor
+
+        logs.configure(settings.log_format, settings.log_level)
+        return uvloop.run(Supervisor(settings, notifier, logs.get_logger()).run())
+    metrics = Metrics() if settings.metrics_listen is not None else None
+    logs.configure(settings.log_format, settings.log_level, counter=metrics, worker=worker)
     try:
-        return uvloop.run(run(settings, notifier, metrics))
+        return uvloop.run(run(config.worker_share(settings), notifier, metrics))
     except StartupError as error:
         print(f"greetproxy: {error}", file=sys.stderr)
         return error.status

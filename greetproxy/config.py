@@ -306,6 +306,13 @@ class Settings(BaseModel):
         default=None,
         description="address for Prometheus metrics at /metrics, e.g. 127.0.0.1:9125; unset: off",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="worker processes on the same ports (SO_REUSEPORT) under one supervisor; the "
+        "connection and backend limits are shared out among them",
+    )
     max_errors: int = Field(default=10, ge=1, description="error replies before a client is cut off")
     shutdown_grace: Duration = Field(default=30.0, description="time live sessions get to finish on SIGTERM")
     allow_open_backend: bool = Field(default=False, description="start even if the backend relays for us")
@@ -406,6 +413,23 @@ class Settings(BaseModel):
         if value is not None and not all(" " <= char <= "~" for char in value):
             raise ValueError("expected printable ASCII text without line breaks")
         return value or None
+
+
+def worker_share(settings: Settings) -> Settings:
+    """One worker's settings: the process-wide limits divided among the workers (rounded up), so
+    that together they keep to what the administrator set."""
+    workers = settings.workers
+    if workers == 1:
+        return settings
+    rate = settings.backend_connect_rate
+    return settings.model_copy(
+        update={
+            "max_connections": -(-settings.max_connections // workers),
+            "backend_max_connections": -(-settings.backend_max_connections // workers),
+            "backend_connects": -(-settings.backend_connects // workers),
+            "backend_connect_rate": rate / workers if rate is not None else None,
+        }
+    )
 
 
 def variable_names() -> list[str]:

@@ -18,12 +18,17 @@ _METHOD_LEVELS = {
 }
 
 
-def configure(log_format: str = "json", level: str = "info", counter: Processor | None = None) -> None:
-    """``counter``: a processor that sees every event, whatever the level (the metrics)."""
+def configure(
+    log_format: str = "json", level: str = "info", counter: Processor | None = None, worker: int | None = None
+) -> None:
+    """``counter``: a processor that sees every event, whatever the level (the metrics);
+    ``worker``: the worker's index, added to every event."""
     shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if worker is not None:
+        shared.insert(0, _add_worker(worker))
     if counter is not None:
         shared = [counter, _below(_LEVELS[level]), *shared]
     if log_format == "console":
@@ -41,6 +46,14 @@ def configure(log_format: str = "json", level: str = "info", counter: Processor 
     )
     # aiosmtpd and asyncio log through the standard library; keep their warnings, as JSON too.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+
+
+def _add_worker(index: int) -> Processor:
+    def add(_: object, __: str, event: EventDict) -> EventDict:
+        event["worker"] = index
+        return event
+
+    return add
 
 
 def _below(threshold: int) -> Processor:

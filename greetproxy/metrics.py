@@ -7,6 +7,7 @@ is one more branch here. The gauges read the proxy's own counts when scraped.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from .config import Endpoint
 from .outcomes import connection_outcome, reply_class
 
+GAUGE_REFRESH = 1.0  # seconds
 _PAUSE_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 300)
 _SESSION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -57,22 +59,35 @@ class Metrics:
             "greetproxy_tls_sessions", "STARTTLS handshakes by version", ["version"], registry=registry
         )
         self.tls_errors = Counter("greetproxy_tls_errors", "Failed STARTTLS handshakes", registry=registry)
+        # livesum: under GREETPROXY_WORKERS the supervisor adds up the live workers' values
         self.waiting = Gauge(
-            "greetproxy_connections_waiting", "Connections in the greet pause", registry=registry
+            "greetproxy_connections_waiting",
+            "Connections in the greet pause",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
-        self.relaying = Gauge(
+        self.served = Gauge(
             "greetproxy_connections_served",
             "Connections past the pause (relayed or enforced)",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.dnsbl_lists: tuple[str, ...] = ()
+        self._counts: tuple[Callable[[], int], Callable[[], int]] = (lambda: 0, lambda: 0)
 
     def watch(
         self, waiting: Callable[[], int], served: Callable[[], int], dnsbl_lists: tuple[str, ...]
     ) -> None:
-        self.waiting.set_function(waiting)
-        self.relaying.set_function(served)
+        self._counts = (waiting, served)
         self.dnsbl_lists = dnsbl_lists
+
+    async def refresh_forever(self) -> None:
+        """The gauges, once a second: a value read at scrape time would not reach the files that
+        the supervisor adds up under GREETPROXY_WORKERS."""
+        while True:
+            self.waiting.set(self._counts[0]())
+            self.served.set(self._counts[1]())
+            await asyncio.sleep(GAUGE_REFRESH)
 
     def serve(self, endpoint: Endpoint) -> None:
         """The /metrics endpoint, in a thread of prometheus-client's."""

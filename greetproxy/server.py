@@ -158,7 +158,8 @@ class Proxy:
 
     async def start(self) -> None:
         raise_file_limit(self.log)
-        sockets = [listening_socket(endpoint) for endpoint in self.config.listen]  # port 25: as root
+        reuse = self.config.workers > 1  # the workers share the ports
+        sockets = [listening_socket(endpoint, reuse) for endpoint in self.config.listen]  # as root
         if self.handoff is not None:
             self.handoff.start()  # the helper keeps root; this process gives it up now
         drop_privileges(self.config.user, self.handoff is not None, self.log)
@@ -184,6 +185,8 @@ class Proxy:
             self._servers.append(await loop.create_server(lambda: Gate(self), sock=sock))
         if self.metrics is not None and self.config.metrics_listen is not None:
             self._serve_metrics(self.metrics, self.config.metrics_listen)
+        if self.metrics is not None:
+            self.spawn(self.metrics.refresh_forever())
         self.log.info(
             "listening",
             listen=[str(endpoint) for endpoint in self.config.listen],
@@ -240,6 +243,8 @@ class Proxy:
             served=lambda: len(self.connections) - self.waiting,
             dnsbl_lists=self.dnsbl.domains if self.dnsbl is not None else (),
         )
+        if self.config.workers > 1:
+            return  # the supervisor serves the sum of the workers' metrics
         try:
             metrics.serve(endpoint)
         except OSError as error:
@@ -381,11 +386,13 @@ class Proxy:
         self.log.info("stopped", left=len(self.connections))
 
 
-def listening_socket(endpoint: Endpoint) -> socket.socket:
+def listening_socket(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # the kernel spreads new connections over the workers' sockets
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # [::] beside 0.0.0.0 on one port
         sock.bind((endpoint.host, endpoint.port))

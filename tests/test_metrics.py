@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +33,7 @@ def test_metrics_count_outcomes_messages_dnsbl_answers_and_waiting_clients(start
             metrics_listen=f"127.0.0.1:{metrics_port}",
             dnsbl_sites="bl.test",
             dns_servers=f"127.0.0.1:{dns.port}",
+            greet_pause="2s",  # long enough to see a client waiting
         )
         with smtplib.SMTP("127.0.0.1", proxy.port, local_hostname="m.example", timeout=10) as client:
             client.sendmail("a@sender.example", [f"mia@{DOMAIN}"], b"Subject: m\r\n\r\ncounted\r\n")
@@ -43,8 +45,10 @@ def test_metrics_count_outcomes_messages_dnsbl_answers_and_waiting_clients(start
         with RawClient(proxy.port, source="127.0.0.7") as listed:
             assert listed.reply().code == 554
         with RawClient(proxy.port, source="127.0.0.8"):  # still in its pause while we look
-            values = scrape(metrics_port)
-            assert values[("greetproxy_connections_waiting", ())] == 1
+            deadline = time.monotonic() + 3  # the gauges are refreshed once a second
+            while (values := scrape(metrics_port))[("greetproxy_connections_waiting", ())] != 1:
+                assert time.monotonic() < deadline, values[("greetproxy_connections_waiting", ())]
+                time.sleep(0.1)
     assert values[("greetproxy_connections_total", (("outcome", "pass"),))] == 1
     assert values[("greetproxy_connections_total", (("outcome", "pregreet"),))] == 1
     assert values[("greetproxy_connections_total", (("outcome", "dnsbl"),))] == 1

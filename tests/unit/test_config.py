@@ -163,6 +163,7 @@ BAD_VALUES = {
     "sendmail_command": "'unclosed",
     "user": "no-such-user-here",
     "metrics_listen": "localhost:9125",
+    "workers": "0",
 }
 
 
