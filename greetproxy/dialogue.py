@@ -44,6 +44,10 @@ class Watchdog:
         self.waiting = what
         self.since = self._loop.time()
 
+    def resume(self, what: str) -> None:
+        """Wait again for the same thing, counting from the first ``begin``."""
+        self.waiting = what
+
     def end(self) -> None:
         self.waiting = None
 
@@ -173,20 +177,27 @@ class ClientDialogue:
                 raise ClientGone from None
 
     async def _next_line(self) -> Line | None:
+        """The command timeout counts from the first read of the line, not from the last byte: a
+        client that dribbles a byte at a time (slowloris) is cut off like an idle one."""
+        partial = False
         while True:
             line = self.lines.next_line()
             if line is not None:
                 return line
-            data = await self._read()
+            data = await self._read(resume=partial)
             if not data:
                 return None
+            partial = True
             self.lines.feed(data)
 
-    async def _read(self) -> bytes:
+    async def _read(self, resume: bool = False) -> bytes:
         if self.stop_requested:
             raise ShuttingDown
         assert self.watchdog is not None
-        self.watchdog.begin("client")
+        if resume:
+            self.watchdog.resume("client")
+        else:
+            self.watchdog.begin("client")
         try:
             data = await self.reader.read(READ_SIZE)
         except OSError:

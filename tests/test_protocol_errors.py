@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import select
+import time
+
 from tests.support.client import RawClient
 
 
@@ -80,6 +83,26 @@ def test_idle_client_gets_421_4_4_2(start_proxy):
         assert answer.code == 421 and answer.text.startswith("4.4.2")
         assert client.is_closed()
     assert proxy.wait_event("disconnect", outcome="timeout")
+
+
+def test_a_client_dribbling_a_command_byte_by_byte_is_cut_off_at_the_command_timeout(start_proxy):
+    """Slowloris: every byte comes well within the timeout, the whole line never does."""
+    proxy = start_proxy(command_timeout="1s")
+    with greeted(proxy) as client:
+        started = time.monotonic()
+        for byte in b"MAIL FROM:<slow@sender.example>\r\n":  # 33 bytes, 0.25 s apart: over 8 s
+            if _readable(client):  # the proxy has answered: stop
+                break
+            client.send(bytes([byte]))
+            time.sleep(0.25)
+        answer = client.reply(timeout=5)
+        assert answer.code == 421 and answer.text.startswith("4.4.2")
+        assert time.monotonic() - started < 3
+    assert proxy.wait_event("disconnect", outcome="timeout")
+
+
+def _readable(client) -> bool:
+    return bool(select.select([client.sock], [], [], 0)[0])
 
 
 def test_commands_after_quit_are_not_executed(proxy):

@@ -221,10 +221,14 @@ def test_sighup_reloads_the_certificate_and_keeps_it_if_the_new_pair_is_bad(
     }
     assert peer_serial(proxy, first) == serials[first]
 
+    held = tls_client(proxy, first)  # a session in flight keeps its TLS across the reload
     install(second, live)
     proxy.signal(signal.SIGHUP)
     proxy.wait_count("tls_certificate", 2)
     assert peer_serial(proxy, first) == serials[second]
+    assert int(held.sock.getpeercert()["serialNumber"], 16) == serials[first]
+    assert held.command("EHLO still.example").code == 250 and held.command("QUIT").code == 221
+    held.close()
 
     proxy.expected_errors.add("tls_reload")
     install(third, live, key_from=first)  # a renewal gone wrong: the key is not the certificate's
