@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass
 
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|$)")
+# RFC 5321 reply text is printable (TAB allowed; UTF-8 under SMTPUTF8). sendmail echoes client
+# bytes with their 8th bit stripped, so 0x8d from a client comes back as a bare CR.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 200
 
@@ -75,7 +78,8 @@ class ReplyParser:
             if self._lines and code != self._code:
                 raise ReplyError(f"reply code changed inside a multi-line reply: {line[:80]!r}")
             self._code = code
-            self._lines.append(line[4:])
+            text = line[4:]
+            self._lines.append(_CONTROL.sub(b"?", text) if _CONTROL.search(text) else text)
             if len(self._lines) > MAX_REPLY_LINES:
                 raise ReplyError("multi-line reply with too many lines")
             if match.group(2) != b"-":

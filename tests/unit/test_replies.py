@@ -124,3 +124,11 @@ def test_text_str_and_is_error() -> None:
 
 def test_reply_formats_one_line_of_the_proxys_own() -> None:
     assert reply(554, "5.7.1 go away") == b"554 5.7.1 go away\r\n"
+
+
+def test_control_characters_in_reply_text_are_replaced():
+    """sendmail strips the 8th bit of what it echoes: a client's 0x8d comes back as a bare CR."""
+    parser = ReplyParser()
+    parser.feed(b"553 5.0.0 fuzz\xc9\xc6\rmh\x06\x1b[31m\tend\r\n")
+    reply = parser.next_reply()
+    assert reply.raw == b"553 5.0.0 fuzz\xc9\xc6?mh??[31m\tend\r\n"
