@@ -26,13 +26,15 @@ def configure(
     shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _cut_long_values,
     ]
     if worker is not None:
         shared.insert(0, _add_worker(worker))
     if counter is not None:
         shared = [counter, _below(_LEVELS[level]), *shared]
     if log_format == "console":
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=False)]
+        # repr() of every string: a client's control characters never reach the terminal raw
+        processors = [*shared, structlog.dev.ConsoleRenderer(colors=False, repr_native_str=True)]
         factory = structlog.PrintLoggerFactory(sys.stdout)
     else:
         processors = [*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
@@ -46,6 +48,16 @@ def configure(
     )
     # aiosmtpd and asyncio log through the standard library; keep their warnings, as JSON too.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+
+
+MAX_VALUE = 300  # characters of a string value; clients control many (HELO, addresses, replies)
+
+
+def _cut_long_values(_: object, __: str, event: EventDict) -> EventDict:
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_VALUE:
+            event[key] = f"{value[:MAX_VALUE]}...(+{len(value) - MAX_VALUE} chars)"
+    return event
 
 
 def _add_worker(index: int) -> Processor:
