@@ -8,6 +8,7 @@ connection goes: dropped, to the enforce engine, or (after the backend greeted) 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import TYPE_CHECKING
@@ -80,7 +81,9 @@ class Gate(asyncio.Protocol):
         refused = proxy.admit(self, ip, exempt=access is AccessAction.PERMIT)
         if refused is not None and not config.dry_run:
             self.session.finished = True  # one event says it all under a flood
-            self.session.log.warning("reject", code=421, reason=refused, command="CONNECT")
+            # out of descriptors, the proxy's own file_limit warning (once a second) speaks for all
+            level = logging.DEBUG if refused == "file_limit" else logging.WARNING
+            self.session.log.log(level, "reject", code=421, reason=refused, command="CONNECT")
             transport.write(reply(421, f"4.7.0 {config.hostname} too many connections, try again later"))
             transport.close()
             return

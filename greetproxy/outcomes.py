@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-LIMITS = frozenset({"max_connections", "client_concurrency", "client_rate"})
+LIMITS = frozenset({"max_connections", "file_limit", "client_concurrency", "client_rate"})
 PASS_VIA = {"tests": "pass", "cache": "pass_cached", "permit": "pass_permit", "dnswl": "pass_dnswl"}
 GATE_FAILURES = frozenset({"backend_unavailable", "backend_busy", "handoff_failed"})
 

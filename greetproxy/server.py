@@ -41,6 +41,7 @@ CACHE_PURGE_EVERY = 3600.0  # seconds
 DNSBL_SELF_TEST_EVERY = 600.0
 RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
+FILE_RESERVE = 32  # descriptors kept for everything but connections: the cache, DNS, logs, metrics
 
 
 class Connection(Protocol):
@@ -75,6 +76,9 @@ class Proxy:
         self.limits = ClientLimits(config.client_concurrency, config.client_rate)
         self.stress = StressMode(config.max_connections, self.log)
         self.waiting = 0  # connections in the greet pause
+        self.file_budget = config.max_connections + config.backend_max_connections  # set at start
+        self._file_limit_refused = 0  # refusals since the last file_limit warning
+        self._file_limit_logged = 0.0
         self.access = AccessList()
         self.cache: SqlitePassCache | None = None
         self.dnsbl: DnsblScreen | None = None
@@ -103,6 +107,9 @@ class Proxy:
         clients) skips the per-client limits."""
         if self._stopping.is_set() or len(self.connections) >= self.config.max_connections:
             return "max_connections"
+        if len(self.connections) + self.pool.slots.in_use >= self.file_budget:
+            self._file_limit_hit()
+            return "file_limit"
         now = time.monotonic()
         broken = None if exempt else self.limits.check(ip, now)
         if broken is not None and not self.config.dry_run:
@@ -111,6 +118,21 @@ class Proxy:
         self.connections.add(connection)
         self._idle.clear()
         return broken  # only under a dry run: the caller logs it and lets the client in
+
+    def _file_limit_hit(self) -> None:
+        """Out of descriptors: refuse before accept() itself fails, and say so once a second."""
+        self._file_limit_refused += 1
+        now = time.monotonic()
+        if now - self._file_limit_logged >= 1.0:
+            self.log.warning(
+                "file_limit",
+                refused=self._file_limit_refused,
+                connections=len(self.connections),
+                backend=self.pool.slots.in_use,
+                budget=self.file_budget,
+            )
+            self._file_limit_refused = 0
+            self._file_limit_logged = now
 
     def swap(self, old: Connection, new: Connection) -> None:
         self.connections.discard(old)
@@ -157,7 +179,17 @@ class Proxy:
     # -- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        raise_file_limit(self.log)
+        soft = raise_file_limit(self.log)
+        self.file_budget = max(soft - FILE_RESERVE, 1)
+        wanted = self.config.max_connections + self.config.backend_max_connections
+        if wanted > self.file_budget:
+            self.log.warning(
+                "file_limit",
+                budget=self.file_budget,
+                wanted=wanted,
+                advice="raise the open-file limit (LimitNOFILE=, ulimit -n) or lower "
+                "GREETPROXY_MAX_CONNECTIONS",
+            )
         reuse = self.config.workers > 1  # the workers share the ports
         sockets = [listening_socket(endpoint, reuse) for endpoint in self.config.listen]  # as root
         if self.handoff is not None:
@@ -445,13 +477,16 @@ def drop_privileges(user: str | None, handoff: bool, log: Any) -> None:
     log.info("privileges", user=user, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
-def raise_file_limit(log: Any) -> None:
-    """Each client and backend connection is a descriptor; use all the hard limit allows."""
+def raise_file_limit(log: Any) -> int:
+    """Each client and backend connection is a descriptor; use all the hard limit allows. Returns
+    the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    log.info("file_limit", soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard=hard)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    log.info("file_limit", soft=soft, hard=hard)
+    return soft
 
 
 async def run(config: Settings, notifier: Notifier, metrics: Metrics | None = None) -> int:

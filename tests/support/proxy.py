@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 Event = dict[str, object]
@@ -49,8 +49,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ProxyProcess:
     """One greetproxy daemon; ``env`` holds its GREETPROXY_* variables."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], prefix: Sequence[str] = ()) -> None:
+        """``prefix``: a command to run the daemon under, e.g. ``prlimit --nofile=128``."""
         self.env = dict(env)
+        self.prefix = list(prefix)
         self.events: list[Event] = []
         self.expected_errors: set[str] = set()  # events a test provokes at error level on purpose
         self.stderr = ""
@@ -70,7 +72,7 @@ class ProxyProcess:
         child_env = child_environment(self.env)
         self.env = {key: value for key, value in child_env.items() if key.startswith("GREETPROXY_")}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "greetproxy", "run"],
+            [*self.prefix, sys.executable, "-m", "greetproxy", "run"],
             env=child_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
