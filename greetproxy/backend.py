@@ -107,8 +107,14 @@ class BackendLink:
             raise BackendFailure(f"TLS with the backend failed: {describe_failure(error)}") from None
 
     async def command(self, line: bytes) -> Reply:
-        self._writer.write(line + b"\r\n")
+        self._write(line + b"\r\n")
         return await self.reply()
+
+    def _write(self, data: bytes) -> None:
+        # uvloop raises RuntimeError on a write to a transport it has closed (the backend hung up)
+        if self._writer.transport.is_closing():
+            raise BackendFailure("backend closed the connection")
+        self._writer.write(data)
 
     async def reply(self) -> Reply:
         while True:
@@ -128,7 +134,7 @@ class BackendLink:
 
     async def send(self, data: bytes) -> None:
         """Write message text, waiting while the backend's socket buffer is full."""
-        self._writer.write(data)
+        self._write(data)
         if self._writer.transport.get_write_buffer_size():
             try:
                 await self._writer.drain()

@@ -168,6 +168,8 @@ class ClientDialogue:
             await self._send(reply(code, text))
 
     async def _send(self, data: bytes) -> None:
+        if self.writer.transport.is_closing():  # uvloop raises on a write to a closed transport
+            raise ClientGone
         self.session.bytes_out += len(data)
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size():  # the client is not reading: wait for it

@@ -332,6 +332,8 @@ class Gate(asyncio.Protocol):
         self.transport.close()
 
     def _write(self, data: bytes) -> None:
+        if self.transport.is_closing():  # the client went; uvloop raises on a closed transport
+            return
         self.session.bytes_out += len(data)
         self.transport.write(data)
 

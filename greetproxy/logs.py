@@ -55,7 +55,7 @@ MAX_VALUE = 300  # characters of a string value; clients control many (HELO, add
 
 def _cut_long_values(_: object, __: str, event: EventDict) -> EventDict:
     for key, value in event.items():
-        if isinstance(value, str) and len(value) > MAX_VALUE:
+        if isinstance(value, str) and len(value) > MAX_VALUE and key != "traceback":
             event[key] = f"{value[:MAX_VALUE]}...(+{len(value) - MAX_VALUE} chars)"
     return event
 

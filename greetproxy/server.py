@@ -14,6 +14,7 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,7 +175,8 @@ class Proxy:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
-            self.log.error("internal_error", error=repr(error), exc_info=error)
+            where = "".join(traceback.format_exception(error))
+            self.log.error("internal_error", error=repr(error), traceback=where)
 
     # -- life cycle --------------------------------------------------------------------------
 
