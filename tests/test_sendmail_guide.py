@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import time
 from collections.abc import Iterator
 
@@ -87,3 +88,34 @@ def test_guide_setup_refuses_relaying_through_the_proxy(guide_proxy, guide_sendm
         code, text = client.rcpt("x@elsewhere.invalid")
     assert code == 550 and b"Relaying denied" in text
     assert guide_sendmail.relayed() == []
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2", "127.0.0.5", "::1"])
+@pytest.mark.parametrize("which", ["guide", "test-map"])
+def test_relaying_is_refused_through_the_proxy_for_every_client_address(
+    which, source, guide_sendmail, backend
+):
+    """127.0.0.1, which sendmail always trusts, and 127.0.0.2, the proxy's own source address,
+    included: sendmail sees the proxy's untrusted address whoever the client is."""
+    server = guide_sendmail if which == "guide" else backend
+    server.clear()
+    v4, v6 = free_port(), free_v6_port()
+    starter = proxies_for(server)
+    proxy = next(starter)(listen=f"127.0.0.1:{v4},[::1]:{v6}")
+    host, port = ("::1", v6) if ":" in source else ("127.0.0.1", v4)
+    with smtplib.SMTP(
+        host, port, local_hostname="relay.example", source_address=(source, 0), timeout=20
+    ) as client:
+        client.ehlo()
+        client.mail("a@sender.example")
+        code, text = client.rcpt("x@elsewhere.invalid")
+    assert code == 550 and b"Relaying denied" in text, (code, text)
+    assert proxy.wait_event("reject", command="RCPT")["by"] == "backend"
+    assert server.relayed() == []
+    next(starter, None)
+
+
+def free_v6_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.bind(("::1", 0))
+        return probe.getsockname()[1]

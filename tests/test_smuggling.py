@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from tests.conftest import PROXY_HOSTNAME
 from tests.support.client import RawClient
 
 # End-of-data look-alikes from the 2023 SMTP smuggling research (SEC Consult; Postfix, sendmail,
@@ -28,11 +29,31 @@ SMUGGLED = (
 )
 
 
-@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
-def test_fake_end_of_data_never_yields_a_second_message(proxy, backend, variant):
-    with RawClient(proxy.port) as client:
+@pytest.fixture(params=["plain", "starttls"])
+def smuggler(request, start_proxy, proxy_certs):
+    """The proxy, and a function giving a client that has said EHLO (inside TLS, for starttls)."""
+    if request.param == "plain":
+        proxy = start_proxy()
+    else:
+        proxy = start_proxy(tls_cert=str(proxy_certs.cert), tls_key=str(proxy_certs.key))
+
+    def greeted() -> RawClient:
+        client = RawClient(proxy.port)
         client.reply()
         client.command("EHLO smuggler.example")
+        if request.param == "starttls":
+            assert client.command("STARTTLS").code == 220
+            client.start_tls(proxy_certs.client_context(), PROXY_HOSTNAME)
+            assert client.command("EHLO smuggler.example").code == 250
+        return client
+
+    return proxy, greeted
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_fake_end_of_data_never_yields_a_second_message(smuggler, backend, variant):
+    proxy, greeted = smuggler
+    with greeted() as client:
         assert client.command("MAIL FROM:<outer@sender.example>").code == 250
         assert client.command("RCPT TO:<outer@example.test>").code == 250
         assert client.command("DATA").code == 354
