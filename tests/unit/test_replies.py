@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from greetproxy.smtp.replies import MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyError, ReplyParser, reply
 
@@ -132,3 +136,45 @@ def test_control_characters_in_reply_text_are_replaced():
     parser.feed(b"553 5.0.0 fuzz\xc9\xc6\rmh\x06\x1b[31m\tend\r\n")
     reply = parser.next_reply()
     assert reply.raw == b"553 5.0.0 fuzz\xc9\xc6?mh??[31m\tend\r\n"
+
+
+REPLY_RAW = re.compile(
+    rb"^(?:[2-5]\d\d-[\x09\x20-\x7e\x80-\xff]*\r\n)*[2-5]\d\d [\x09\x20-\x7e\x80-\xff]*\r\n$"
+)
+
+
+@given(st.binary(max_size=600), st.lists(st.integers(min_value=1, max_value=50), max_size=20))
+def test_any_backend_bytes_give_well_formed_replies_or_a_reply_error(data, cuts):
+    """Whatever the backend sends, in whatever pieces: each reply handed on is well-formed SMTP."""
+    parser = ReplyParser()
+    position = 0
+    pieces = []
+    for cut in cuts:
+        pieces.append(data[position : position + cut])
+        position += cut
+    pieces.append(data[position:])
+    try:
+        for piece in pieces:
+            parser.feed(piece)
+            while (answer := parser.next_reply()) is not None:
+                assert REPLY_RAW.match(answer.raw), answer.raw
+    except ReplyError:
+        pass
+
+
+@given(
+    st.integers(min_value=200, max_value=599),
+    st.lists(st.binary(max_size=60).map(lambda text: text.replace(b"\n", b"")), min_size=1, max_size=5),
+    st.integers(min_value=1, max_value=40),
+)
+def test_a_reply_reads_the_same_in_any_chunking(code, texts, size):
+    wire = b"".join(
+        b"%d%s%s\r\n" % (code, b" " if index == len(texts) - 1 else b"-", text)
+        for index, text in enumerate(texts)
+    )
+    whole, chunked = ReplyParser(), ReplyParser()
+    whole.feed(wire)
+    expected = whole.next_reply()
+    for start in range(0, len(wire), size):
+        chunked.feed(wire[start : start + size])
+    assert chunked.next_reply() == expected
