@@ -230,6 +230,15 @@ class Gate(asyncio.Protocol):
     async def _pass_on(self) -> None:
         """The client passed: wait for a backend slot, then relay to the backend (connected now)
         or, in hand-off mode, give the client's socket to a new sendmail."""
+        try:
+            await self._pass_on_now()
+        except Exception as error:  # a bug must not leave the client waiting for an answer
+            self.proxy.internal_error(error, self.session.log)
+            if not self.transport.is_closing():
+                hostname = self.proxy.config.hostname
+                self._close_with(421, f"4.3.0 {hostname} internal error, try again later", "internal_error")
+
+    async def _pass_on_now(self) -> None:
         pool = self.proxy.pool
         hostname = self.proxy.config.hostname
         handoff = self.proxy.handoff

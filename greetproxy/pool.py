@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 
 from .backend import BackendFailure, BackendLink, BackendTls
 from .config import Settings
@@ -82,7 +83,9 @@ class BackendSlots:
                 waiter.result().release()  # a slot was handed over just as the wait ended
             else:
                 waiter.cancel()
-                self._waiters.remove(waiter)
+                # hand_on may have dropped it already: it skips (and pops) waiters that are done
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def hand_on(self) -> None:

@@ -174,9 +174,12 @@ class Proxy:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            where = "".join(traceback.format_exception(error))
-            self.log.error("internal_error", error=repr(error), traceback=where)
+            self.internal_error(task.exception())
+
+    def internal_error(self, error: BaseException, log: Any = None) -> None:
+        """A bug: logged with its traceback (for the report that fixes it)."""
+        where = "".join(traceback.format_exception(error))
+        (log or self.log).error("internal_error", error=repr(error), traceback=where)
 
     # -- life cycle --------------------------------------------------------------------------
 

@@ -102,3 +102,25 @@ def test_a_cancelled_waiter_gives_up_its_place_and_the_next_is_served() -> None:
         assert slots.in_use == 0
 
     run(scenario())
+
+
+def test_a_waiter_cancelled_while_its_slot_is_handed_on_leaves_cleanly():
+    """Found by 10,000 slowloris clients: hand_on pops a cancelled waiter before that waiter's own
+    clean-up runs; the clean-up must not fail, and the slot goes to the next in line."""
+
+    async def main() -> None:
+        slots = BackendSlots(1)
+        held = await slots.acquire(1)
+        first = asyncio.ensure_future(slots.acquire(5))
+        second = asyncio.ensure_future(slots.acquire(5))
+        await asyncio.sleep(0)  # both wait
+        first.cancel()  # its waiter is cancelled now; its clean-up runs at its next step
+        held.release()  # hands on: pops the cancelled waiter, gives the slot to the second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        slot = await second
+        assert slots.in_use == 1 and slots.queued == 0
+        slot.release()
+        assert slots.in_use == 0
+
+    asyncio.run(main())
