@@ -348,6 +348,19 @@ class Sendmail:
         """How many child processes (SMTP sessions) the daemon has now."""
         return len(self._session_pids())
 
+    def signal_daemon(self, signum: int) -> None:
+        """Signal the daemon only (SIGSTOP: it still accepts TCP in the kernel, but greets nobody)."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signum)
+
+    def signal_sessions(self, signum: int) -> int:
+        """Signal every SMTP session the daemon serves now; return how many."""
+        sessions = self._session_pids()
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return len(sessions)
+
     def kill_sessions(self) -> int:
         """SIGKILL every SMTP session the daemon serves now and return how many; the daemon stays."""
         return _end_sessions(self._proc.pid, signal.SIGKILL) if self.is_running() else 0
