@@ -348,6 +348,10 @@ class Sendmail:
         """How many child processes (SMTP sessions) the daemon has now."""
         return len(self._session_pids())
 
+    def session_pids(self) -> list[int]:
+        """The process ids of the SMTP sessions the daemon has now."""
+        return self._session_pids()
+
     def signal_daemon(self, signum: int) -> None:
         """Signal the daemon only (SIGSTOP: it still accepts TCP in the kernel, but greets nobody)."""
         assert self._proc is not None
