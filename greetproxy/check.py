@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 from collections.abc import Set
 from pathlib import Path
 
 from .backend import BackendFailure, BackendLink, BackendTls
 from .config import ENV_PREFIX, Settings, parse_duration
 from .guard import RelayStatus, check_relay, open_relay_advice
+from .handoff import missing_command
 from .screening.access import AccessFileError, AccessList
 from .server import build_dnsbl
 from .smtp.ehlo import RELAYED_EXTENSIONS, extensions
@@ -65,11 +65,10 @@ async def check(settings: Settings, explicit: Set[str]) -> int:
     print("checks:")
     _check_files(settings, report)
     if settings.handoff == "sendmail":
-        command = settings.sendmail_command
-        if shutil.which(command[0]) is None:
-            report.problem("hand-off command", f"{command[0]} is not an executable file")
+        if problem := missing_command(settings.sendmail_command):
+            report.problem("hand-off command", problem)
         else:
-            report.ok("hand-off command", shlex.join(command))
+            report.ok("hand-off command", shlex.join(settings.sendmail_command))
     else:
         await _check_backend(settings, report)
     if settings.dnsbl_sites:

@@ -455,7 +455,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 def explicit_variables(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     """The GREETPROXY_ variables the environment sets (the rest take their defaults)."""
     environ = os.environ if environ is None else environ
-    return frozenset(name for name in environ if name in set(variable_names()))
+    return frozenset(environ).intersection(variable_names())
 
 
 def systemd_notify(environ: Mapping[str, str] | None = None) -> tuple[str | None, float | None]:

@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from .server import Proxy
 
 READ_SIZE = 65536
+STREAM_LIMIT = 65536
+
+
+def new_streams(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol]:
+    """A reader and its protocol for a transport the caller attaches them to."""
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+    return reader, asyncio.StreamReaderProtocol(reader, loop=loop)
 
 
 class ClientGone(Exception):

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .backend import BackendFailure, BackendLink
+from .dialogue import new_streams
 from .enforce import EnforceSession
 from .handoff import Handoff, HandoffFailure, duplicate_socket
 from .pool import BackendBusy, Slot
@@ -24,7 +25,6 @@ from .screening.dnsbl import DnsblScore
 from .screening.pregreet import Pregreet, escape
 from .session import Session
 from .smtp.replies import reply
-from .tls import new_streams
 
 if TYPE_CHECKING:
     from .server import Proxy

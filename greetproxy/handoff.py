@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 
     from .pool import Slot
     from .session import Session
+
+
+def missing_command(command: Sequence[str]) -> str | None:
+    """Why the hand-off command cannot run, or None."""
+    return None if shutil.which(command[0]) else f"{command[0]} is not an executable file"
 
 
 class HandoffFailure(Exception):

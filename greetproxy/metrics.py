@@ -2,7 +2,7 @@
 
 Every decision is already one log event, so the counters are kept by a structlog processor that
 sees each event before the level filter: no code path counts anything twice, and a new event type
-is one more branch here. The gauges read the proxy's own counts when scraped.
+is one more branch here. The gauges are set from the proxy's own counts once a second.
 """
 
 from __future__ import annotations
@@ -72,14 +72,18 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.dnsbl_lists: tuple[str, ...] = ()
         self._counts: tuple[Callable[[], int], Callable[[], int]] = (lambda: 0, lambda: 0)
+        self._dnsbl_lists: Callable[[], tuple[str, ...]] = tuple
 
     def watch(
-        self, waiting: Callable[[], int], served: Callable[[], int], dnsbl_lists: tuple[str, ...]
+        self,
+        waiting: Callable[[], int],
+        served: Callable[[], int],
+        dnsbl_lists: Callable[[], tuple[str, ...]],
     ) -> None:
+        """Where the counts come from; ``dnsbl_lists``, the lists of the moment (SIGHUP may change them)."""
         self._counts = (waiting, served)
-        self.dnsbl_lists = dnsbl_lists
+        self._dnsbl_lists = dnsbl_lists
 
     async def refresh_forever(self) -> None:
         """The gauges, once a second: a value read at scrape time would not reach the files that
@@ -118,6 +122,6 @@ class Metrics:
     def _dnsbl(self, event: MutableMapping[str, Any]) -> None:
         listed = {item.split("=", 1)[0] for item in event.get("listed", [])}
         failed = {item.split(":", 1)[0] for item in event.get("errors", [])}
-        for domain in self.dnsbl_lists:
+        for domain in self._dnsbl_lists():
             result = "listed" if domain in listed else "error" if domain in failed else "not_listed"
             self.dnsbl.labels(domain, result).inc()

@@ -15,9 +15,7 @@ from typing import Any
 
 import orjson
 
-from .outcomes import connection_outcome
-
-PASSED = ("pass", "pass_cached", "pass_permit", "pass_dnswl")
+from .outcomes import PASS_VIA, connection_outcome
 
 
 @dataclass
@@ -76,7 +74,7 @@ def summarize(lines: Iterable[bytes | str]) -> Summary:
 def render(summary: Summary, top: int = 10) -> str:
     out: list[str] = []
     total = sum(summary.outcomes.values())
-    passed = sum(summary.outcomes[name] for name in PASSED)
+    passed = sum(summary.outcomes[name] for name in PASS_VIA.values())
     out.append(f"greetproxy report: {summary.first or '?'} to {summary.last or '?'}")
     out.append(f"{summary.events} events read, {summary.skipped} other lines skipped")
     out.append("")

@@ -8,7 +8,6 @@ import os
 import pwd
 import resource
 import shlex
-import shutil
 import signal
 import socket
 import ssl
@@ -23,7 +22,7 @@ from .backend import BackendTls
 from .config import Endpoint, Settings
 from .gate import Gate
 from .guard import RelayStatus, check_relay, open_relay_advice
-from .handoff import Handoff
+from .handoff import Handoff, missing_command
 from .logs import get_logger
 from .metrics import Metrics
 from .notify import Notifier
@@ -87,12 +86,9 @@ class Proxy:
         self.dnsbl_action = Action.named(config.dnsbl_action)
         self.handoff: Handoff | None = None
         if config.handoff == "sendmail":
-            if shutil.which(config.sendmail_command[0]) is None:
-                raise StartupError(
-                    f"GREETPROXY_SENDMAIL_COMMAND={shlex.join(config.sendmail_command)!r}: "
-                    f"{config.sendmail_command[0]} is not an executable file",
-                    status=2,
-                )
+            if problem := missing_command(config.sendmail_command):
+                command = shlex.join(config.sendmail_command)
+                raise StartupError(f"GREETPROXY_SENDMAIL_COMMAND={command!r}: {problem}", status=2)
             self.handoff = Handoff(config.sendmail_command, config.log_format, config.log_level)
         self.exit_status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -220,10 +216,8 @@ class Proxy:
         loop = asyncio.get_running_loop()
         for sock in sockets:
             self._servers.append(await loop.create_server(lambda: Gate(self), sock=sock))
-        if self.metrics is not None and self.config.metrics_listen is not None:
-            self._serve_metrics(self.metrics, self.config.metrics_listen)
         if self.metrics is not None:
-            self.spawn(self.metrics.refresh_forever())
+            self._serve_metrics(self.metrics)
         self.log.info(
             "listening",
             listen=[str(endpoint) for endpoint in self.config.listen],
@@ -274,12 +268,15 @@ class Proxy:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _serve_metrics(self, metrics: Metrics, endpoint: Endpoint) -> None:
+    def _serve_metrics(self, metrics: Metrics) -> None:
         metrics.watch(
             waiting=lambda: self.waiting,
             served=lambda: len(self.connections) - self.waiting,
-            dnsbl_lists=self.dnsbl.domains if self.dnsbl is not None else (),
+            dnsbl_lists=lambda: self.dnsbl.domains if self.dnsbl is not None else (),
         )
+        self.spawn(metrics.refresh_forever())
+        endpoint = self.config.metrics_listen
+        assert endpoint is not None  # metrics exist only when it is set
         if self.config.workers > 1:
             return  # the supervisor serves the sum of the workers' metrics
         try:
@@ -329,8 +326,6 @@ class Proxy:
                 self.log.error("dnsbl_sites", path=sites, error=str(error), kept="old lists")
             else:
                 self.log.info("dnsbl_sites", path=sites, lists=list(self.dnsbl.domains))
-                if self.metrics is not None:
-                    self.metrics.dnsbl_lists = self.dnsbl.domains
 
     def _server_tls(self) -> ssl.SSLContext | None:
         config = self.config

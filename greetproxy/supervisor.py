@@ -52,7 +52,6 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.stopping = False
         self.status = 0
-        self._changed = asyncio.Event()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -7,7 +7,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 
-STREAM_LIMIT = 65536
+from .dialogue import new_streams
 
 
 class TlsSetupError(Exception):
@@ -74,13 +74,6 @@ class TlsInfo:
 
     def fields(self) -> dict[str, object]:
         return {"tls_version": self.version, "tls_cipher": self.cipher}
-
-
-def new_streams(
-    loop: asyncio.AbstractEventLoop,
-) -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol]:
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-    return reader, asyncio.StreamReaderProtocol(reader, loop=loop)
 
 
 class TlsStreamWriter(asyncio.StreamWriter):
