@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import re
 import statistics
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from bench.core import bench_parser, proxy_for, wait_listening, with_sendmail
 from tests.support.load import polite_client, read_reply
@@ -26,11 +24,6 @@ from tests.support.sendmail import Sendmail
 
 SAMPLE_EVERY = 5.0  # seconds
 WARM_UP = 60.0
-
-
-def usage(pid: int) -> tuple[int, int]:
-    rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
-    return rss, len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -82,7 +75,7 @@ async def soak(args: argparse.Namespace, sendmail: Sendmail) -> int:
     try:
         while (now := time.monotonic()) - began < args.minutes * 60:
             if now >= next_sample:
-                rss, fds = usage(proxy.pid)
+                rss, fds = proxy.rss_kb(), proxy.open_fds()
                 samples.append((now - began, rss, fds))
                 next_sample += SAMPLE_EVERY
                 if sendmail.messages():

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import smtplib
 import time
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.client import RawClient
 from tests.support.dns import DnsStub
+from tests.support.metrics import scrape
 from tests.support.proxy import free_port
 
 DOMAIN = "example.test"
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_metrics_count_outcomes_messages_dnsbl_answers_and_waiting_clients(start_proxy, backend):

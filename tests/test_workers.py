@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import proxy_env
 from tests.support.load import swarm
+from tests.support.metrics import scrape
 from tests.support.proxy import ProxyProcess, free_port, run_once
 
 BURST = dict(client_concurrency="500", client_rate="10000")
@@ -73,13 +71,7 @@ def test_metrics_are_the_sum_over_the_workers(start_proxy, backend):
     assert all(outcome.delivered for outcome in outcomes)
     connects = proxy.wait_count("disconnect", 20)
     assert {event["worker"] for event in connects} == {0, 1}
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    samples = scrape(port)
     assert samples[("greetproxy_connections_total", (("outcome", "pass"),))] == 20
     assert samples[("greetproxy_messages_total", (("reply", "2xx"),))] == 20
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from pathlib import Path
 
 from tests.conftest import proxy_env
 from tests.support.proxy import ProxyProcess
@@ -125,12 +124,6 @@ def malformed(received: bytes) -> list[bytes]:
     ]
 
 
-def usage(pid: int) -> tuple[int, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-    return rss, len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
 def test_random_and_mutated_dialogues_get_only_well_formed_replies(sendmail):
     backend = sendmail
     proxy = ProxyProcess(
@@ -152,10 +145,10 @@ def test_random_and_mutated_dialogues_get_only_well_formed_replies(sendmail):
         return await asyncio.gather(*(one(case) for case in batch))
 
     asyncio.run(fuzz(cases[:20]))  # warm up: imports, caches, the first backend connections
-    before = usage(proxy.pid)
+    before = proxy.rss_kb(), proxy.open_fds()
     results = asyncio.run(fuzz(cases))
     proxy.wait_count("disconnect", DIALOGUES + 20, timeout=60)
-    after = usage(proxy.pid)
+    after = proxy.rss_kb(), proxy.open_fds()
     bad = [(index, lines) for index, received in enumerate(results) if (lines := malformed(received))]
     rss, fds = f"rss {before[0]} -> {after[0]} kB", f"fds {before[1]} -> {after[1]}"
     print(f"\nseed {seed}: {DIALOGUES} dialogues, {rss}, {fds}")

@@ -5,12 +5,10 @@ queue timeout), none hangs, the proxy's memory stays bounded and its descriptors
 from __future__ import annotations
 
 import asyncio
-import re
 import resource
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 from tests.conftest import proxy_env
 from tests.support.proxy import ProxyProcess
@@ -18,10 +16,6 @@ from tests.support.proxy import ProxyProcess
 CLIENTS = 10_000
 BACKEND_SLOTS = 50
 LINE = b"EHLO slow.example\r\n"  # a byte every 0.5 s: 9.5 s for the line, the timeout is 2 s
-
-
-def rss_kb(pid: int) -> int:
-    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
 
 
 async def slowloris(
@@ -80,13 +74,13 @@ def test_ten_thousand_slowloris_clients_are_cut_off_with_bounded_memory(backend)
         )
     ).start(wait_for=None)
     time.sleep(1.5)
-    baseline, fds_before = rss_kb(proxy.pid), len(list(Path(f"/proc/{proxy.pid}/fd").iterdir()))
+    baseline, fds_before = proxy.rss_kb(), proxy.open_fds()
     peak = [baseline]
     sampling = threading.Event()
 
     def sample() -> None:
         while not sampling.wait(0.1):
-            peak[0] = max(peak[0], rss_kb(proxy.pid))
+            peak[0] = max(peak[0], proxy.rss_kb())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -114,7 +108,7 @@ def test_ten_thousand_slowloris_clients_are_cut_off_with_bounded_memory(backend)
         sampler.join()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     time.sleep(1)
-    fds_after = len(list(Path(f"/proc/{proxy.pid}/fd").iterdir()))
+    fds_after = proxy.open_fds()
     per_connection = (peak[0] - baseline) * 1024 / CLIENTS
     print(
         f"\n{CLIENTS} slowloris clients in {elapsed:.1f}s: {dict(outcomes)}; proxy RSS {baseline} -> peak "

@@ -41,7 +41,8 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
 
@@ -165,6 +166,10 @@ class ProxyProcess:
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
 
     def tracebacks(self) -> list[str]:
         with self._lock:
