@@ -1,9 +1,10 @@
 """``greetproxy check``: what the daemon would run with, and whether its surroundings are ready.
 
 Prints every effective setting with its source, then checks the parts the daemon depends on: the
-access file, the state directory, the TLS pair, the backend (its EHLO extensions, what the proxy
-passes on, the open-relay probe) or, in hand-off mode, the sendmail command, and each DNSBL's
-RFC 5782 test entries. Exits 1 if anything is wrong, 0 otherwise.
+access file, the state directory, the shared state (Redis: reachable, and its round trip), the
+TLS pair, the backend (its EHLO extensions, what the proxy passes on, the open-relay probe) or, in
+hand-off mode, the sendmail command, and each DNSBL's RFC 5782 test entries. Exits 1 if anything
+is wrong, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from .guard import RelayStatus, check_relay, open_relay_advice
 from .handoff import missing_command
 from .screening.access import AccessFileError, AccessList
 from .server import build_dnsbl
+from .shared import StateUnavailable, masked, run_check
 from .smtp.ehlo import RELAYED_EXTENSIONS, extensions
 from .tls import TlsSetupError, server_context
 
 
 def shown(name: str, value: object) -> str:
     """A setting's value as its variable would say it."""
+    if name == "state" and isinstance(value, str):
+        return masked(value)
     if isinstance(value, tuple) and all(isinstance(item, str) for item in value):
         return shlex.join(value)
     if isinstance(value, tuple):
@@ -64,6 +68,8 @@ async def check(settings: Settings, explicit: Set[str]) -> int:
     report = Report()
     print("checks:")
     _check_files(settings, report)
+    if settings.state is not None:
+        await _check_state(settings.state, settings.state_timeout, report)
     if settings.handoff == "sendmail":
         if problem := missing_command(settings.sendmail_command):
             report.problem("hand-off command", problem)
@@ -103,6 +109,15 @@ def _check_files(settings: Settings, report: Report) -> None:
             report.ok("TLS", f"{settings.tls_cert} and its key load; EHLO offers STARTTLS")
         except TlsSetupError as error:
             report.problem("TLS", str(error))
+
+
+async def _check_state(url: str, timeout: float, report: Report) -> None:
+    try:
+        version, round_trip = await run_check(url, timeout)
+    except StateUnavailable as error:
+        report.problem("shared state", f"{error} (the daemon would run on local state until it answers)")
+        return
+    report.ok("shared state", f"Redis {version}, a round trip in {round_trip * 1000:.2f} ms")
 
 
 async def _check_backend(settings: Settings, report: Report) -> None:

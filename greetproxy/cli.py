@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -31,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("logfile", nargs="?", default="-", help="the log (default: standard input)")
     report.add_argument("--top", type=int, default=10, help="how many clients in the top lists")
     report.add_argument("--png", metavar="FILE", help="also draw the hourly outcomes (needs matplotlib)")
-    cache = commands.add_parser("cache", help="inspect or edit the pass cache (GREETPROXY_STATE_DIR)")
+    cache = commands.add_parser(
+        "cache", help="inspect or edit the pass cache (GREETPROXY_STATE_DIR, or GREETPROXY_STATE's Redis)"
+    )
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     cache_commands.add_parser("list", help="every remembered pass and when it expires")
     forget = cache_commands.add_parser("forget", help="withdraw the pass that covers an address")
@@ -52,9 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cache_main(args: argparse.Namespace) -> int:
-    """Works beside a running daemon: it notices the change within about a second."""
+    """Works beside a running daemon: it notices the change within about a second (at once under
+    Redis, where the fleet's passes are; this host's file, the fallback, is changed as well)."""
     from .server import PASS_CACHE_FILE
-    from .store import StoreError, cache_clear, cache_entries, cache_forget
+    from .shared import StateUnavailable
+    from .store import StoreError, cache_clear, cache_entries, cache_forget, cache_key
 
     try:
         settings = config.load()
@@ -62,20 +68,39 @@ def cache_main(args: argparse.Namespace) -> int:
         print(f"greetproxy: {error}", file=sys.stderr)
         return 2
     path = Path(settings.state_dir) / PASS_CACHE_FILE
+    local = path.is_file() or settings.state is None  # without Redis, a missing file is an error
     try:
         if args.cache_command == "list":
-            for key, expires in cache_entries(path):
+            entries = _fleet_cache(settings, "list") if settings.state is not None else cache_entries(path)
+            for key, expires in entries:
                 print(f"{key}\t{datetime.fromtimestamp(expires, UTC).isoformat(timespec='seconds')}")
         elif args.cache_command == "forget":
-            if not cache_forget(path, args.ip, *settings.pass_prefix):
+            key = cache_key(args.ip, *settings.pass_prefix)
+            found = settings.state is not None and bool(_fleet_cache(settings, "forget", key))
+            found = (local and cache_forget(path, args.ip, *settings.pass_prefix)) or found
+            if not found:
                 print(f"greetproxy: no pass covers {args.ip}", file=sys.stderr)
                 return 1
         else:
-            print(f"cleared {cache_clear(path)} passes")
-    except (StoreError, ValueError) as error:
+            cleared = _fleet_cache(settings, "clear") if settings.state is not None else 0
+            cleared = max(cleared, cache_clear(path) if local else 0)
+            print(f"cleared {cleared} passes")
+    except (StoreError, StateUnavailable, ValueError) as error:
         print(f"greetproxy: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _fleet_cache(settings: config.Settings, command: str, key: str = "") -> Any:
+    from . import shared
+
+    assert settings.state is not None
+    work = {
+        "list": shared.pass_entries,
+        "forget": lambda client: shared.pass_forget(client, key),
+        "clear": shared.pass_clear,
+    }[command]
+    return asyncio.run(shared.run_once(settings.state, settings.state_timeout, work))
 
 
 def report_main(args: argparse.Namespace) -> int:

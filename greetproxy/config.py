@@ -174,6 +174,31 @@ def parse_dns_servers(value: object) -> tuple[Endpoint, ...]:
     return tuple(servers)
 
 
+def parse_networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``192.0.2.10, 10.0.0.0/8, ::1``: addresses or CIDR networks, comma-separated; empty: none."""
+    if isinstance(value, tuple):
+        return value
+    networks = []
+    for part in (part.strip() for part in str(value).split(",")):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"expected addresses or CIDR networks, not {part!r}") from None
+    return tuple(networks)
+
+
+def check_state(value: object) -> str | None:
+    """Where the pass cache and per-client counts live: unset for this host's own (SQLite), or a
+    Redis URL shared by a fleet."""
+    text = str(value).strip() if value is not None else ""
+    if text in ("", "local"):
+        return None
+    from .shared import check_url  # the URL syntax lives with the code that uses it
+
+    return check_url(text)
+
+
 def parse_command(value: object) -> tuple[str, ...]:
     if isinstance(value, tuple):
         return value
@@ -233,6 +258,24 @@ class Settings(BaseModel):
         default=None, description="lines of `CIDR permit|reject|screen|pause=<duration>`; SIGHUP re-reads it"
     )
     state_dir: str = Field(default="/var/lib/greetproxy", description="where the pass cache (SQLite) lives")
+    state: Annotated[str | None, BeforeValidator(check_state)] = Field(
+        default=None,
+        description="redis://host:port/db (or rediss://, unix://, redis+sentinel://host:port/service): "
+        "share the pass cache and per-client limits with other instances; unset: this host's own",
+    )
+    state_timeout: Duration = Field(
+        default=0.25, description="how long a Redis call may take before local state decides instead"
+    )
+    proxy_protocol_from: Annotated[
+        tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], BeforeValidator(parse_networks)
+    ] = Field(
+        default=(),
+        description="load balancers (addresses or CIDRs) that must open with a PROXY v1/v2 header "
+        "naming the real client; from anyone else such a header is early talk",
+    )
+    proxy_protocol_timeout: Duration = Field(
+        default=5.0, description="how long a load balancer gets to send its PROXY header"
+    )
     pass_ttl: Duration = Field(
         default=86400.0, description="how long a client that passed is remembered; 0: never"
     )
@@ -346,6 +389,13 @@ class Settings(BaseModel):
                 f"{ENV_PREFIX}PREGREET_ACTION='ignore': expected drop or enforce with "
                 f"{ENV_PREFIX}HANDOFF=sendmail (the bytes an early talker sent cannot be handed over)"
             )
+        if self.proxy_protocol_from:
+            networks = ",".join(map(str, self.proxy_protocol_from))
+            raise ConfigError(
+                f"{ENV_PREFIX}PROXY_PROTOCOL_FROM={networks!r}: not possible with "
+                f"{ENV_PREFIX}HANDOFF=sendmail "
+                "(sendmail would take the load balancer for the client: use relay mode behind one)"
+            )
         if self.tls_cert is not None:
             raise ConfigError(
                 f"{ENV_PREFIX}TLS_CERT={self.tls_cert!r}: not used with {ENV_PREFIX}HANDOFF=sendmail "
@@ -366,7 +416,14 @@ class Settings(BaseModel):
             raise ValueError("expected a duration of at most 300s (clients give up on the greeting after 5m)")
         return value
 
-    @field_validator("command_timeout", "backend_connect_timeout", "backend_queue_timeout", "dnsbl_timeout")
+    @field_validator(
+        "command_timeout",
+        "backend_connect_timeout",
+        "backend_queue_timeout",
+        "dnsbl_timeout",
+        "state_timeout",
+        "proxy_protocol_timeout",
+    )
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

@@ -18,12 +18,14 @@ from .dialogue import new_streams
 from .enforce import EnforceSession
 from .handoff import Handoff, HandoffFailure, duplicate_socket
 from .pool import BackendBusy, Slot
+from .proxy_protocol import ProxyHeader, ProxyHeaderError
 from .relay import RelaySession
 from .screening import Action, Finding, Verdict
 from .screening.access import AccessAction
 from .screening.dnsbl import DnsblScore
 from .screening.pregreet import Pregreet, escape
 from .session import Session
+from .shared import SharedAnswer, StateUnavailable
 from .smtp.replies import reply
 
 if TYPE_CHECKING:
@@ -53,7 +55,9 @@ class Gate(asyncio.Protocol):
         "via",
         "dns",
         "dns_result",
-        "dns_waiting",
+        "fleet",
+        "lookups_waiting",
+        "header",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -67,7 +71,9 @@ class Gate(asyncio.Protocol):
         self.waiting = False  # counted among the connections in the pause
         self.dns: asyncio.Task[DnsblScore] | None = None  # the DNSBL lookup, shared per address
         self.dns_result: DnsblScore | None = None
-        self.dns_waiting = False  # the pause is over; the verdict waits for the lookup
+        self.fleet: asyncio.Task[SharedAnswer] | None = None  # the fleet's counts and pass, in Redis
+        self.lookups_waiting = False  # the pause is over; the verdict waits for a lookup
+        self.header: ProxyHeader | None = None  # awaited from a load balancer before anything else
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -75,19 +81,37 @@ class Gate(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         self.session = Session(peer[0], peer[1])
+        refused = self.proxy.admit(self)
+        if refused is not None:
+            self._turn_away(refused)
+            return
+        if self.proxy.behind_balancer(self.session.client_ip):
+            self.header = ProxyHeader()
+            timeout = self.proxy.config.proxy_protocol_timeout
+            self.timer = asyncio.get_running_loop().call_later(timeout, self._header_late)
+            return
+        self._begin()
+
+    def _turn_away(self, limit: str, **fields: object) -> None:
+        """A limit refuses the connection: 421 and close, before anything else happens."""
+        self.session.finished = True  # one event says it all under a flood
+        # out of descriptors, the proxy's own file_limit warning (once a second) speaks for all
+        level = logging.DEBUG if limit == "file_limit" else logging.WARNING
+        self.session.log.log(level, "reject", code=421, reason=limit, command="CONNECT", **fields)
+        hostname = self.proxy.config.hostname
+        self._write(reply(421, f"4.7.0 {hostname} too many connections, try again later"))
+        self.transport.close()
+
+    def _begin(self) -> None:
+        """The client is known (its own address, or the one a PROXY header gave): screen it."""
         proxy, config, ip = self.proxy, self.proxy.config, self.session.client_ip
         entry = proxy.access.lookup(ip)
         access = entry.action if entry is not None else None
-        refused = proxy.admit(self, ip, exempt=access is AccessAction.PERMIT)
+        refused = proxy.limit(self.session, exempt=access is AccessAction.PERMIT)
         if refused is not None and not config.dry_run:
-            self.session.finished = True  # one event says it all under a flood
-            # out of descriptors, the proxy's own file_limit warning (once a second) speaks for all
-            level = logging.DEBUG if refused == "file_limit" else logging.WARNING
-            self.session.log.log(level, "reject", code=421, reason=refused, command="CONNECT")
-            transport.write(reply(421, f"4.7.0 {config.hostname} too many connections, try again later"))
-            transport.close()
+            self._turn_away(refused)
             return
-        local = str(transport.get_extra_info("sockname")[0])
+        local = str(self.transport.get_extra_info("sockname")[0])
         if entry is None:
             self.session.log.info("connect", local=local)
         else:
@@ -100,9 +124,18 @@ class Gate(asyncio.Protocol):
                 return
             self.session.log.info("dry_run", would="reject", reason="access")
         # Permitted clients skip every test; a remembered pass skips the pause (postscreen's PASS OLD).
-        self.via = (
-            "permit" if access is AccessAction.PERMIT else "cache" if proxy.cached_pass(ip) else "tests"
-        )
+        # Under Redis the fleet's pass decides, when its answer comes; this host's own, if it fails.
+        shared = proxy.shared if proxy.shared is not None and proxy.shared.available else None
+        self.via = "tests"
+        if access is AccessAction.PERMIT:
+            self.via = "permit"
+        elif shared is not None:
+            self.fleet = asyncio.get_running_loop().create_task(
+                shared.admit(self.session.id, ip, proxy.cache_key(ip), limits=True, dry_run=config.dry_run)
+            )
+            self.fleet.add_done_callback(self._fleet_answered)
+        elif proxy.cached_pass(ip):
+            self.via = "cache"
         if self.via == "tests" and proxy.dnsbl is not None:  # runs during the pause, not after it
             self.dns = proxy.dnsbl.lookup(ip)
             self.dns.add_done_callback(self._dns_answered)
@@ -125,6 +158,9 @@ class Gate(asyncio.Protocol):
         self.timer = loop.call_later(pause - proxy.pool.lead(pause), self._pause_over)
 
     def data_received(self, data: bytes) -> None:
+        if self.header is not None:
+            self._header_received(data)
+            return
         self.session.bytes_in += len(data)
         if self.pregreet is None:
             self.pregreet = Pregreet(after=self.session.age)
@@ -148,8 +184,46 @@ class Gate(asyncio.Protocol):
             self.timer.cancel()
         if self.queued is not None:
             self.queued.cancel()  # gives up its place in the backend queue
+        if self.header is not None:
+            self.header.close()
         self.session.finish("pregreet_hangup" if self.pregreet else "hangup")
         self.proxy.release(self)
+
+    # -- the PROXY header of a load balancer --------------------------------------------------
+
+    def _header_received(self, data: bytes) -> None:
+        assert self.header is not None
+        try:
+            header = self.header.feed(data)
+        except ProxyHeaderError as error:
+            self.header = None
+            self._proxy_failure(str(error), data[:64])
+            return
+        if header is None:
+            return
+        self.header = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        balancer = self.session.client_ip
+        if header.client is not None:
+            self.session.behind(*header.client, balancer=balancer)
+        else:
+            self.session.log.info("proxy_protocol", version=header.version, command="local")
+        self._begin()
+        if header.leftover and not self.transport.is_closing():
+            self.data_received(header.leftover)  # the client's own early talk
+
+    def _header_late(self) -> None:
+        self.timer = None
+        self._proxy_failure(f"no PROXY header within {self.proxy.config.proxy_protocol_timeout:g}s", b"")
+
+    def _proxy_failure(self, error: str, sample: bytes) -> None:
+        """A load balancer that does not speak the PROXY protocol (a configuration mistake, or
+        someone else at its address): nothing is answered, the connection closes."""
+        self.session.log.warning("proxy_protocol_error", error=error, sample=escape(sample))
+        self.session.finish("proxy_protocol_error")
+        self.transport.abort()
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -157,7 +231,7 @@ class Gate(asyncio.Protocol):
         if self.via in ("permit", "dnswl"):
             return []
         findings = [self.pregreet.finding(self.proxy.pregreet_action)] if self.pregreet else []
-        if self.dns_result is not None and self.proxy.dnsbl is not None:
+        if self.via == "tests" and self.dns_result is not None and self.proxy.dnsbl is not None:
             listed = self.proxy.dnsbl.finding(self.dns_result, self.proxy.dnsbl_action)
             if listed is not None:
                 findings.append(listed)
@@ -176,14 +250,41 @@ class Gate(asyncio.Protocol):
             ],
         )
         assert self.proxy.dnsbl is not None
-        if self.timer is not None and self.proxy.dnsbl.allowlisted(result):
-            self.timer.cancel()  # a DNSWL-listed client waits no longer and skips the other tests
-            self.via = "dnswl"
+        if self.via == "tests" and self.proxy.dnsbl.allowlisted(result):
+            self._skip_pause("dnswl")  # a DNSWL-listed client waits no longer and skips the other tests
+        elif self.lookups_waiting:
+            self._pause_over()
+
+    def _fleet_answered(self, task: asyncio.Task[SharedAnswer]) -> None:
+        if self.handed or self.session.finished or task.cancelled():
+            return  # the lease of a connection that ended meanwhile is the shared state's to drop
+        error = task.exception()
+        if error is not None and not isinstance(error, StateUnavailable):
+            self.proxy.internal_error(error, self.session.log)
+        answer = task.result() if error is None else None
+        if answer is None:  # Redis is away: this host's own state decides
+            if self.via == "tests" and self.proxy.cached_pass(self.session.client_ip):
+                self._skip_pause("cache")
+        elif answer.refused is not None:
+            if not self.proxy.config.dry_run:
+                self._turn_away(answer.refused, scope="fleet")
+                return
+            self.session.log.info("dry_run", would="reject", reason=answer.refused, scope="fleet")
+        elif answer.pass_expires is not None and self.via == "tests":
+            self._skip_pause("cache")
+            return
+        if self.lookups_waiting:
+            self._pause_over()
+
+    def _skip_pause(self, via: str) -> None:
+        """The client needs no more waiting (an allowlist, a remembered pass): the pause ends now."""
+        self.via = via
+        if self.timer is not None:
+            self.timer.cancel()
             self.banner_at = asyncio.get_running_loop().time()
             self.banner_due = time.monotonic()
             self._pause_over()
-        elif self.dns_waiting:
-            self.dns_waiting = False
+        elif self.lookups_waiting:
             self._pause_over()
 
     def _report_pregreet(self) -> None:
@@ -202,9 +303,12 @@ class Gate(asyncio.Protocol):
         self.timer = None
         if self.transport.is_closing():
             return
-        if self.dns is not None and not self.dns.done():
-            self.dns_waiting = True  # the lookup ends within GREETPROXY_DNSBL_TIMEOUT of connect
+        # The lookups end within GREETPROXY_DNSBL_TIMEOUT and GREETPROXY_STATE_TIMEOUT of connect.
+        fleet = self.fleet is not None and not self.fleet.done()
+        if fleet or (self.via == "tests" and self.dns is not None and not self.dns.done()):
+            self.lookups_waiting = True
             return
+        self.lookups_waiting = False
         verdict = self.proxy.decide(self.session, self._findings())
         if verdict.passed:
             self.queued = self.proxy.spawn(self._pass_on())
@@ -367,6 +471,8 @@ class Gate(asyncio.Protocol):
             self.timer = None
         if self.queued is not None:
             self.queued.cancel()
+        if self.fleet is not None:
+            self.fleet.cancel()
         if not self.transport.is_closing():
             self._close_with(421, f"4.3.2 {self.proxy.config.hostname} service shutting down", "shutdown")
 

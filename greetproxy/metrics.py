@@ -59,6 +59,9 @@ class Metrics:
             "greetproxy_tls_sessions", "STARTTLS handshakes by version", ["version"], registry=registry
         )
         self.tls_errors = Counter("greetproxy_tls_errors", "Failed STARTTLS handshakes", registry=registry)
+        self.state_errors = Counter(
+            "greetproxy_state_errors", "Failed calls to the shared state (Redis)", registry=registry
+        )
         # livesum: under GREETPROXY_WORKERS the supervisor adds up the live workers' values
         self.waiting = Gauge(
             "greetproxy_connections_waiting",
@@ -117,6 +120,8 @@ class Metrics:
             self.tls.labels(event.get("tls_version", "?")).inc()
         elif name == "tls_error":
             self.tls_errors.inc()
+        elif name == "state_error":
+            self.state_errors.inc()
         return event
 
     def _dnsbl(self, event: MutableMapping[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 LIMITS = frozenset({"max_connections", "file_limit", "client_concurrency", "client_rate"})
 PASS_VIA = {"tests": "pass", "cache": "pass_cached", "permit": "pass_permit", "dnswl": "pass_dnswl"}
-GATE_FAILURES = frozenset({"backend_unavailable", "backend_busy", "handoff_failed"})
+GATE_FAILURES = frozenset({"backend_unavailable", "backend_busy", "handoff_failed", "proxy_protocol_error"})
 
 
 def connection_outcome(event: Mapping[str, Any]) -> str | None:

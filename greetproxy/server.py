@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import pwd
 import resource
@@ -32,6 +33,7 @@ from .screening.access import AccessFileError, AccessList
 from .screening.dnsbl import DnsblScreen, Resolver, load_sites, make_resolver
 from .screening.limits import ClientLimits
 from .session import Session
+from .shared import RedisState
 from .store import SqlitePassCache, StoreError, cache_key
 from .stress import StressMode
 from .tls import TlsSetupError, server_context
@@ -80,7 +82,8 @@ class Proxy:
         self._file_limit_refused = 0  # refusals since the last file_limit warning
         self._file_limit_logged = 0.0
         self.access = AccessList()
-        self.cache: SqlitePassCache | None = None
+        self.cache: SqlitePassCache | None = None  # this host's own passes (the fallback under Redis)
+        self.shared: RedisState | None = None
         self.dnsbl: DnsblScreen | None = None
         self.resolver: Resolver | None = None
         self.dnsbl_action = Action.named(config.dnsbl_action)
@@ -99,22 +102,35 @@ class Proxy:
 
     # -- what gates and sessions use ---------------------------------------------------------
 
-    def admit(self, connection: Connection, ip: str, exempt: bool) -> str | None:
-        """Take a new connection in, or return the limit that refuses it; ``exempt`` (permitted
-        clients) skips the per-client limits."""
+    def admit(self, connection: Connection) -> str | None:
+        """Take a new connection in, or return the limit of this process that refuses it."""
         if self._stopping.is_set() or len(self.connections) >= self.config.max_connections:
             return "max_connections"
         if len(self.connections) + self.pool.slots.in_use >= self.file_budget:
             self._file_limit_hit()
             return "file_limit"
-        now = time.monotonic()
-        broken = None if exempt else self.limits.check(ip, now)
-        if broken is not None and not self.config.dry_run:
-            return broken
-        self.limits.count(ip, now)
         self.connections.add(connection)
         self._idle.clear()
-        return broken  # only under a dry run: the caller logs it and lets the client in
+        return None
+
+    def limit(self, session: Session, exempt: bool) -> str | None:
+        """Count the client's new connection against its own limits (on this instance; the fleet's
+        counts are the gate's to ask), or return the limit that refuses it; ``exempt`` (permitted
+        clients) skips them. Under a dry run the connection is counted and its limit returned."""
+        if exempt:
+            return None
+        now = time.monotonic()
+        broken = self.limits.check(session.client_ip, now)
+        if broken is not None and not self.config.dry_run:
+            return broken
+        self.limits.count(session.client_ip, now)
+        session.counted = True
+        return broken
+
+    def behind_balancer(self, ip: str) -> bool:
+        """Whether a connection from ``ip`` must open with a PROXY header."""
+        networks = self.config.proxy_protocol_from
+        return bool(networks) and any(ipaddress.ip_address(ip) in network for network in networks)
 
     def _file_limit_hit(self) -> None:
         """Out of descriptors: refuse before accept() itself fails, and say so once a second."""
@@ -136,8 +152,12 @@ class Proxy:
         self.connections.add(new)
 
     def release(self, connection: Connection) -> None:
+        session = connection.session
         if connection in self.connections:
-            self.limits.release(connection.session.client_ip)
+            if session.counted:
+                self.limits.release(session.client_ip)
+            if self.shared is not None:
+                self.shared.release(session.id)
         self.connections.discard(connection)
         if not self.connections:
             self._idle.set()
@@ -205,6 +225,12 @@ class Proxy:
                     f"GREETPROXY_STATE_DIR={self.config.state_dir!r}: {error}", status=2
                 ) from None
             self.spawn(self._purge_cache(self.cache))
+        if self.config.state is not None:
+            config = self.config
+            self.shared = RedisState(
+                config.state, config.state_timeout, config.client_concurrency, config.client_rate
+            )
+            self.shared.start()
         if self.config.dnsbl_sites:
             self._start_dnsbl(self.config.dnsbl_sites)
         if self.handoff is not None:
@@ -229,6 +255,8 @@ class Proxy:
             backend_max_connections=self.config.backend_max_connections,
             backend_connect_rate=self.config.backend_connect_rate,
             handoff=self.config.handoff,
+            state=self.shared.where if self.shared is not None else "local",
+            proxy_protocol_from=[str(network) for network in self.config.proxy_protocol_from],
         )
 
     async def _check_relay(self, first: bool) -> None:
@@ -339,17 +367,24 @@ class Proxy:
         return cache_key(ip, *self.config.pass_prefix)
 
     def cached_pass(self, ip: str) -> bool:
+        """Whether this host remembers a pass for ``ip`` (under Redis: the fallback's answer)."""
         return self.cache is not None and self.cache.peek(self.cache_key(ip)) is not None
 
     def remember(self, ip: str) -> None:
         if self.cache is not None:
-            self.spawn(self.cache.put(self.cache_key(ip), time.time() + self.config.pass_ttl))
+            key, expires = self.cache_key(ip), time.time() + self.config.pass_ttl
+            self.spawn(self.cache.put(key, expires))
+            if self.shared is not None:
+                self.shared.remember(key, expires)
 
     def forget(self, ip: str) -> None:
         """A failed test: the client's pass (if it had one; most bots have none) is withdrawn."""
+        if self.cache is None:
+            return
         if self.cached_pass(ip):
-            assert self.cache is not None
             self.spawn(self.cache.forget(self.cache_key(ip)))
+        if self.shared is not None:  # another instance may have given the pass: no telling here
+            self.shared.forget(self.cache_key(ip))
 
     def _start_dnsbl(self, sites: str) -> None:
         self.dnsbl, self.resolver = build_dnsbl(self.config, sites)
@@ -411,6 +446,8 @@ class Proxy:
             await server.wait_closed()
         if self.cache is not None:
             await self.cache.close()
+        if self.shared is not None:
+            await self.shared.close()
         if self.resolver is not None:
             await self.resolver.close()
         if self.handoff is not None:

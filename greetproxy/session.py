@@ -31,6 +31,7 @@ class Session:
         "messages",
         "finished",
         "tls",
+        "counted",
     )
 
     def __init__(self, client_ip: str, client_port: int) -> None:
@@ -47,6 +48,13 @@ class Session:
         self.messages = 0
         self.finished = False
         self.tls: TlsInfo | None = None  # set once STARTTLS succeeded
+        self.counted = False  # in this instance's per-client counts (released when it ends)
+
+    def behind(self, client_ip: str, client_port: int, balancer: str) -> None:
+        """A PROXY header named the real client: it is the client from now on, in every test,
+        limit, log line and Received header; the load balancer stays in the log context."""
+        self.client_ip, self.client_port = client_ip, client_port
+        self.log = get_logger(session=self.id, client=client_ip, port=client_port, balancer=balancer)
 
     def tls_fields(self) -> dict[str, object]:
         return self.tls.fields() if self.tls is not None else {}

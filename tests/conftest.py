@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.support.fleet import RedisServer, fleet_tools_missing
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import DEBIAN_STOCK_ACCESS, Sendmail, sendmail_available
 from tests.support.tls import CertFiles, write_pair
@@ -36,6 +37,30 @@ def sendmail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sendmail]:
             pytest.fail(message + ": CI must not skip the sendmail tests")
         pytest.skip(message)
     yield from started_sendmail(tmp_path_factory, "sendmail")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the run (Debian's package), on a loopback port."""
+    missing = fleet_tools_missing()
+    if missing:
+        message = f"{', '.join(missing)} not installed; `sh scripts/test` (as root) installs them"
+        if IN_CI:
+            pytest.fail(message + ": CI must not skip the fleet tests")
+        pytest.skip(message)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis(redis_server: RedisServer) -> RedisServer:
+    """The shared redis-server, running (a test may have killed it) and empty."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server
 
 
 @pytest.fixture(scope="session")

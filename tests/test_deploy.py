@@ -95,3 +95,19 @@ def test_root_without_greetproxy_user_refuses_to_start(backend):
     )
     assert result.returncode == 2
     assert "running as root: set GREETPROXY_USER" in result.stderr
+
+
+def test_the_haproxy_example_is_a_valid_haproxy_config():
+    from tests.support.fleet import HAPROXY
+
+    if shutil.which(HAPROXY) is None:
+        message = "haproxy is not installed; `sh scripts/test` (as root) installs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    result = subprocess.run(
+        [HAPROXY, "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -187,10 +187,10 @@ def run_once(
     env: Mapping[str, str], timeout: float = 30, command: str = "run"
 ) -> subprocess.CompletedProcess[str]:
     """``greetproxy run`` that is expected to exit by itself (bad config, open relay), or another
-    ``command`` such as ``check``."""
+    ``command`` such as ``check`` or ``cache list``."""
     child_env = child_environment(env)
     return subprocess.run(
-        [sys.executable, "-m", "greetproxy", command],
+        [sys.executable, "-m", "greetproxy", *command.split()],
         env=child_env,
         capture_output=True,
         text=True,

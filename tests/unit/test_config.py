@@ -164,6 +164,10 @@ BAD_VALUES = {
     "user": "no-such-user-here",
     "metrics_listen": "localhost:9125",
     "workers": "0",
+    "state": "memcached://127.0.0.1:11211",
+    "state_timeout": "0",
+    "proxy_protocol_from": "10.0.0.0/33",
+    "proxy_protocol_timeout": "never",
 }
 
 
@@ -197,6 +201,10 @@ def test_bad_value_names_the_variable_and_the_value_and_says_what_was_expected(
         ("GREETPROXY_HOSTNAME", "-lead.example"),
         ("GREETPROXY_GREET_BANNER", "caf\u00e9"),
         ("GREETPROXY_MAX_ERRORS", "1.5"),
+        ("GREETPROXY_STATE", "redis://127.0.0.1:notaport/0"),
+        ("GREETPROXY_STATE", "redis+sentinel://127.0.0.1:26379"),
+        ("GREETPROXY_STATE", "redis+sentinel://127.0.0.1/mymaster"),
+        ("GREETPROXY_PROXY_PROTOCOL_FROM", "lb.example"),
     ],
 )
 def test_more_bad_values(name: str, value: str) -> None:

@@ -47,6 +47,10 @@ def test_events_below_the_log_level_are_counted_but_not_written(metrics, written
     log.warning("backend_unavailable", reason="mid-session", sender="a@b")  # counted at the gate only
     log.info("message", reply="451 4.3.0 later")
     log.info("enforce", reason="pregreet")
+    log.debug("state_error", error="Timeout connecting to server", state="redis://10.0.0.5:6379/0")
+    log.warning("proxy_protocol_error", error="PROXY unrecognized signature")
+    assert value(metrics, "greetproxy_state_errors_total") == 1
+    assert value(metrics, "greetproxy_connections_total", outcome="proxy_protocol_error") == 1
     assert value(metrics, "greetproxy_connections_total", outcome="pass_cached") == 1
     assert value(metrics, "greetproxy_connections_total", outcome="pregreet") == 1
     assert value(metrics, "greetproxy_connections_total", outcome="limit") == 1
@@ -55,4 +59,8 @@ def test_events_below_the_log_level_are_counted_but_not_written(metrics, written
     assert value(metrics, "greetproxy_messages_total", reply="4xx") == 1
     assert value(metrics, "greetproxy_pause_seconds_count") == 1
     lines = [orjson.loads(line) for line in written.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == ["backend_unavailable", "backend_unavailable"]
+    assert [line["event"] for line in lines] == [
+        "backend_unavailable",
+        "backend_unavailable",
+        "proxy_protocol_error",
+    ]
