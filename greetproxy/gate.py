@@ -271,6 +271,7 @@ class Gate(asyncio.Protocol):
                 return
             self.session.log.info("dry_run", would="reject", reason=answer.refused, scope="fleet")
         elif answer.pass_expires is not None and self.via == "tests":
+            self.proxy.keep_locally(self.session.client_ip, answer.pass_expires)
             self._skip_pause("cache")
             return
         if self.lookups_waiting:

@@ -377,6 +377,13 @@ class Proxy:
             if self.shared is not None:
                 self.shared.remember(key, expires)
 
+    def keep_locally(self, ip: str, expires: float) -> None:
+        """A pass another instance gave: this host keeps a copy, for when Redis is away."""
+        if self.cache is not None:
+            key = self.cache_key(ip)
+            if self.cache.peek(key) != expires:
+                self.spawn(self.cache.put(key, expires))
+
     def forget(self, ip: str) -> None:
         """A failed test: the client's pass (if it had one; most bots have none) is withdrawn."""
         if self.cache is None:

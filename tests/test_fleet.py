@@ -76,6 +76,11 @@ def test_a_pass_on_one_instance_is_a_cached_pass_on_the_other(fleet):
         proxy.wait_event("pass", client="127.0.0.5") for proxy in (first, second)
     ]  # one on each instance
     assert sorted(event["via"] for event in passes) == ["cache", "tests"]
+    # each keeps the pass in its own file too, for when Redis is away
+    time.sleep(0.2)  # the writes reach the files
+    for proxy in (first, second):
+        own = {name: value for name, value in proxy.env.items() if name != "GREETPROXY_STATE"}
+        assert run_once(own, command="cache list").stdout.startswith("127.0.0.5/32\t")
 
 
 def test_the_concurrency_limit_counts_connections_on_every_instance(fleet):
@@ -213,3 +218,15 @@ def test_check_reports_redis_and_its_round_trip_or_the_problem(backend, fresh_re
     assert re.search(r"PROBLEM +shared state: redis://127\.0\.0\.1:\d+/0: .*local state", result.stdout)
     assert "secret" not in result.stdout
     assert "GREETPROXY_STATE=redis://:***@127.0.0.1:" in result.stdout
+
+
+def test_an_instance_whose_redis_never_answers_serves_on_local_state(start_proxy, backend):
+    proxy = start_proxy(state=f"redis://127.0.0.1:{free_port()}/0", pass_ttl="1d", greet_pause="1s")
+    assert banner_after(proxy.port, "127.0.0.50") >= 1.0
+    assert banner_after(proxy.port, "127.0.0.50") < 0.5  # this host's own pass cache
+    with smtplib.SMTP("127.0.0.1", proxy.port, timeout=10, source_address=("127.0.0.50", 0)) as client:
+        assert client.sendmail("a@sender.example", [f"solo@{DOMAIN}"], b"Subject: solo\r\n\r\nhi\r\n") == {}
+    assert len(backend.wait_for_messages(1, user="solo")) == 1
+    assert [event["via"] for event in proxy.find("pass")] == ["tests", "cache", "cache"]
+    assert len(proxy.find("state_unavailable")) == 1  # said once, however many connections
+    assert proxy.find("state_error")  # and each failure counted (debug)
