@@ -53,10 +53,39 @@ def test_renewed_leases_outlive_their_ttl_and_release_frees_at_once(fresh_redis,
         await asyncio.sleep(1.5)  # over twice the lease: only renewals keep it
         assert (await admit(other, "b")).refused == "client_concurrency"
         live.release("a")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(shared.TELL_WITHIN + 0.2)  # a release goes with the next call, or soon
         assert (await admit(other, "c")).refused is None
         await live.close()
         await other.close()
+
+    run(scenario)
+
+
+def test_commands_of_many_connections_share_round_trips_and_keep_their_order(fresh_redis):
+    """300 connections at once: every one gets its answer, the limit holds exactly, and a release
+    made while its own lease is still on its way never overtakes it (no lease is left behind)."""
+
+    async def scenario() -> None:
+        state = RedisState(fresh_redis.url, 2.0, 100, 100_000)
+        answers = await asyncio.gather(*(admit(state, f"s{n}") for n in range(300)))
+        assert sum(answer.refused is None for answer in answers) == 100
+        assert sum(answer.refused == "client_concurrency" for answer in answers) == 200
+        for n in range(300):
+            state.release(f"s{n}")
+        pending = [
+            asyncio.ensure_future(
+                state.admit(f"t{n}", "192.0.2.7", "192.0.2.7/32", limits=True, dry_run=False)
+            )
+            for n in range(50)
+        ]
+        for n in range(50):
+            state.release(f"t{n}")  # before its admit has even been sent
+        assert all(answer.refused is None for answer in await asyncio.gather(*pending))
+        await asyncio.sleep(shared.TELL_WITHIN + 0.2)
+        with fresh_redis.client() as direct:
+            assert direct.zcard("greetproxy:open:192.0.2.1") == 0
+            assert direct.zcard("greetproxy:open:192.0.2.7") == 0
+        await state.close()
 
     run(scenario)
 
