@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from bench.load import Event, Plan, run_plan
+from bench.system import cpu_seconds
 from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import Sendmail
-
-MESSAGE = b"Subject: bench\r\nFrom: bench@sender.example\r\n\r\n" + b"x" * 70 + b"\r\n" * 12
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes) -> int:
@@ -39,50 +33,42 @@ async def command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, li
     return await read_reply(reader)
 
 
-async def banner_delay(port: int, pause: float) -> float:
-    started = time.monotonic()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await read_reply(reader)
-    delay = time.monotonic() - started - pause
-    writer.write(b"QUIT\r\n")
-    await read_reply(reader)
-    writer.close()
-    return delay
+def delivered_all(result: Event) -> None:
+    """Raise unless every client of a load-generator run delivered what it was to."""
+    outcomes = {outcome for counts in result["outcomes"].values() for outcome in counts}
+    if outcomes != {"delivered"} or result["unfinished"]:
+        raise RuntimeError(f"not every sender delivered: {result['outcomes']}")
 
 
 async def banner_figures(port: int, pause: float, connections: int) -> list[float]:
-    delays: list[float] = []
-    for start in range(0, connections, 10):  # ten at a time, as a real MX sees them
-        batch = min(10, connections - start)
-        delays += await asyncio.wait_for(
-            asyncio.gather(*(banner_delay(port, pause) for _ in range(batch))), timeout=pause + 30
-        )
-    return delays
+    """Seconds from connect to banner beyond ``pause``, ten clients at a time (as a real MX sees
+    them); each greets and quits without a message."""
+    plan = Plan(
+        port, {"polite": 1}, connections, duration=600, concurrency=10, messages=0, timeout=pause + 30
+    )
+    result = await run_plan(plan)
+    delivered_all(result)
+    return [delay - pause for delay in result["banner"]]
 
 
-async def sender(port: int, messages: int, start: asyncio.Event) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
-    assert await read_reply(reader) == 220
-    assert await command(reader, writer, b"EHLO bench.example") == 250
-    await start.wait()
-    for index in range(messages):
-        assert await command(reader, writer, b"MAIL FROM:<bench@sender.example>") == 250
-        assert await command(reader, writer, f"RCPT TO:<bench{index % 7}@example.test>".encode()) == 250
-        assert await command(reader, writer, b"DATA") == 354
-        writer.write(MESSAGE)
-        assert await command(reader, writer, b".") == 250
-    await command(reader, writer, b"QUIT")
-    writer.close()
-
-
-async def throughput(port: int, senders: int, messages: int) -> float:
-    start = asyncio.Event()
-    tasks = [asyncio.ensure_future(sender(port, messages, start)) for _ in range(senders)]
-    await asyncio.sleep(1.0)  # every sender connected and greeted; only the messages are timed
-    began = time.monotonic()
-    start.set()
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
-    return senders * messages / (time.monotonic() - began)
+async def throughput(port: int, senders: int, messages: int, size: int = 0) -> float:
+    """Messages per second for ``senders`` concurrent sessions from 127.0.0.2 delivering ``messages``
+    messages of ``size`` bytes each; only the messages are timed, once every sender has greeted."""
+    plan = Plan(
+        port,
+        {"polite": 1},
+        senders,
+        duration=60,
+        concurrency=senders,
+        sources=["127.0.0.2"],
+        messages=messages,
+        size=size,
+        barrier=True,
+        timeout=300,
+    )
+    result = await run_plan(plan)
+    delivered_all(result)
+    return result["delivered"]["legit"] / result["wall"]
 
 
 def bench_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -111,13 +97,17 @@ def main() -> int:
     return with_sendmail(lambda sendmail, _: run(args, sendmail))
 
 
-def proxy_for(sendmail: Sendmail, pause: float, **extra: str) -> ProxyProcess:
+class Backend(Protocol):
+    port: int  # on 127.0.0.1: a Sendmail, or bench.sink's Sink
+
+
+def proxy_for(backend: Backend, pause: float, prefix: Sequence[str] = (), **extra: str) -> ProxyProcess:
     """No jitter: the banner figure is the timer's accuracy (the jitter adds 0 to 10% on purpose).
-    ``extra``: more variables, by their full names."""
+    ``prefix``: a command to run the daemon under; ``extra``: more variables, by their full names."""
     return ProxyProcess(
         {
             "GREETPROXY_LISTEN": f"127.0.0.1:{free_port()}",
-            "GREETPROXY_BACKEND": f"127.0.0.1:{sendmail.port}",
+            "GREETPROXY_BACKEND": f"127.0.0.1:{backend.port}",
             "GREETPROXY_GREET_PAUSE": f"{pause}s",
             "GREETPROXY_GREET_PAUSE_JITTER": "0",
             "GREETPROXY_HOSTNAME": "proxy.bench.test",
@@ -126,7 +116,8 @@ def proxy_for(sendmail: Sendmail, pause: float, **extra: str) -> ProxyProcess:
             "GREETPROXY_PASS_TTL": "0",
             "GREETPROXY_CLIENT_RATE": "100000",
             **extra,
-        }
+        },
+        prefix,
     ).start(wait_for=None)
 
 

@@ -18,7 +18,8 @@ import sys
 import tempfile
 import time
 
-from bench.core import bench_parser, cpu_seconds, wait_listening, with_sendmail
+from bench.core import bench_parser, wait_listening, with_sendmail
+from bench.system import cpu_seconds
 from tests.support.dns import DnsStub
 from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import trustme
 
-from bench.core import bench_parser, command, cpu_seconds, wait_listening, with_sendmail
+from bench.core import bench_parser, command, wait_listening, with_sendmail
+from bench.system import cpu_seconds
 from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import Sendmail

@@ -199,7 +199,7 @@ def _end_sessions(daemon: int, signum: int) -> int:
     for pid in sessions:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-    _wait_until(lambda: _all_reaped(sessions), 5)
+    wait_until(lambda: _all_reaped(sessions), 5)
     return len(sessions)
 
 
@@ -208,7 +208,7 @@ def _signal_group(group: int, signum: int) -> None:
         os.killpg(group, signum)
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -336,7 +336,7 @@ class Sendmail:
             # Whatever ignored SIGTERM, or was orphaned by the daemon's exit, dies now.
             _signal_group(group, signal.SIGKILL)
             proc.wait(timeout=5)
-            _wait_until(lambda: not _group_alive(group), 5)
+            wait_until(lambda: not _group_alive(group), 5)
         if self._syslog is not None:
             self._syslog.close()  # log() still has the lines
         _running.discard(self)
@@ -395,7 +395,7 @@ class Sendmail:
             found = self.messages(user)
             return len(found) >= count
 
-        if not _wait_until(enough, timeout, interval=0.05):
+        if not wait_until(enough, timeout, interval=0.05):
             whose = f" for {user}@{self.domain}" if user else ""
             raise AssertionError(
                 f"expected {count} message(s){whose} within {timeout} s, {len(found)} arrived"
@@ -468,7 +468,7 @@ class Sendmail:
                     ) from None
                 time.sleep(0.05)
         # Let the probe's session end, so that session_count() starts at 0.
-        _wait_until(lambda: self.session_count() == 0, 5)
+        wait_until(lambda: self.session_count() == 0, 5)
 
     def _failure(self, reason: str, output: str = "") -> str:
         out_file = self.workdir / "sendmail.out"
