@@ -6,10 +6,9 @@ client tried (HELO name, sender, recipients) is logged, as postscreen's enforce 
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
-from .dialogue import ClientDialogue
+from .dialogue import Conversation
 from .session import Session
 from .smtp.commands import address_of, argument_of
 from .smtp.lines import Line
@@ -21,48 +20,25 @@ if TYPE_CHECKING:
 _OK = reply(250, "2.0.0 OK")
 
 
-class EnforceSession(ClientDialogue):
-    def __init__(
-        self,
-        proxy: Proxy,
-        session: Session,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        reason: str,
-    ) -> None:
-        super().__init__(proxy, session, reader, writer)
+class EnforceSession(Conversation):
+    def __init__(self, proxy: Proxy, session: Session, reason: str) -> None:
+        super().__init__(proxy, session)
         self.reason = reason
         self.helo = ""
 
-    async def converse(self, first: tuple[str, Line] | None = None) -> str:
-        """``first``: a command already read (the relay hands over mid-session)."""
-        command = first
-        while True:
-            if command is None:
-                command = await self.next_command()
-                if command is None:
-                    return "client_hangup"
-            (verb, line), command = command, None
-            if verb in ("HELO", "EHLO"):
-                self.helo = argument_of(line.text).decode("utf-8", "replace")
-                await self._send(reply(250, self.hostname))
-            elif verb in ("NOOP", "RSET"):
-                await self._send(_OK)
-            elif verb == "QUIT":
-                await self._send(reply(221, f"2.0.0 {self.hostname} closing connection"))
-                return "quit"
-            elif verb in ("MAIL", "RCPT"):
-                address = address_of(argument_of(line.text))
-                await self.refuse(
-                    verb,
-                    550,
-                    "5.5.1 Protocol error",
-                    self.reason,
-                    enforced=True,
-                    address=address,
-                    helo=self.helo,
-                )
-            else:
-                await self.refuse(verb, 503, "5.5.1 Protocol error", self.reason, enforced=True)
-            if await self.too_many_errors():
-                return "too_many_errors"
+    def on_command(self, verb: str, line: Line) -> None:
+        if verb in ("HELO", "EHLO"):
+            self.helo = argument_of(line.text).decode("utf-8", "replace")
+            self.send(reply(250, self.hostname))
+        elif verb in ("NOOP", "RSET"):
+            self.send(_OK)
+        elif verb == "QUIT":
+            self.send(reply(221, f"2.0.0 {self.hostname} closing connection"))
+            self.end("quit")
+        elif verb in ("MAIL", "RCPT"):
+            address = address_of(argument_of(line.text))
+            self.refuse(
+                verb, 550, "5.5.1 Protocol error", self.reason, enforced=True, address=address, helo=self.helo
+            )
+        else:
+            self.refuse(verb, 503, "5.5.1 Protocol error", self.reason, enforced=True)

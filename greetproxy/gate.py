@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .backend import BackendFailure, BackendLink
-from .dialogue import new_streams
+from .dialogue import Conversation
 from .enforce import EnforceSession
 from .handoff import Handoff, HandoffFailure, duplicate_socket
 from .pool import BackendBusy, Slot
@@ -395,10 +395,7 @@ class Gate(asyncio.Protocol):
             assert handoff is not None
             await self._hand_off(handoff, slot)
             return
-        reader, writer = self._hand_over()
-        relay = RelaySession(self.proxy, self.session, reader, writer, link)
-        self.proxy.swap(self, relay)
-        await relay.run(greeting=banner(self.proxy.config.hostname))
+        self._hand_to(RelaySession(self.proxy, self.session, link))
 
     async def _hand_off(self, handoff: Handoff, slot: Slot) -> None:
         hostname = self.proxy.config.hostname
@@ -428,10 +425,7 @@ class Gate(asyncio.Protocol):
 
     def _enforce(self, reason: str) -> None:
         self.session.log.info("enforce", reason=reason)
-        reader, writer = self._hand_over()
-        engine = EnforceSession(self.proxy, self.session, reader, writer, reason)
-        self.proxy.swap(self, engine)
-        self.proxy.spawn(engine.run(greeting=banner(self.proxy.config.hostname)))
+        self._hand_to(EnforceSession(self.proxy, self.session, reason))
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -451,21 +445,16 @@ class Gate(asyncio.Protocol):
         self.session.bytes_out += len(data)
         self.transport.write(data)
 
-    def _hand_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Move the transport to asyncio streams; held bytes are replayed into the reader."""
-        loop = asyncio.get_running_loop()
-        reader, protocol = new_streams(loop)
+    def _hand_to(self, conversation: Conversation) -> None:
+        """The connection goes on with ``conversation``, from the banner on; bytes held in the
+        pause (a permitted client's, or under ``ignore``) are its first input."""
         self.handed = True
         self._stop_waiting()
-        self.transport.set_protocol(protocol)
-        protocol.connection_made(self.transport)
-        if self.held:
-            reader.feed_data(self.held)
-            self.held = b""
-        self.transport.resume_reading()
-        return reader, asyncio.StreamWriter(self.transport, protocol, reader, loop)
+        self.proxy.swap(self, conversation)
+        held, self.held = self.held, b""
+        conversation.begin(self.transport, banner(self.proxy.config.hostname), held)
 
-    def interrupt(self) -> None:
+    def interrupt(self, now: bool = False) -> None:
         """Shutdown: a client still waiting is told to come back later."""
         if self.timer is not None:
             self.timer.cancel()

@@ -49,7 +49,7 @@ FILE_RESERVE = 32  # descriptors kept for everything but connections: the cache,
 class Connection(Protocol):
     session: Session
 
-    def interrupt(self) -> None: ...
+    def interrupt(self, now: bool = False) -> None: ...
 
 
 class StartupError(Exception):
@@ -442,9 +442,11 @@ class Proxy:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.config.shutdown_grace)
         for connection in list(self.connections):
-            connection.interrupt()
+            connection.interrupt()  # now if it waits for its client, else once its answer is out
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), TASK_WIND_DOWN)
+        for connection in list(self.connections):
+            connection.interrupt(now=True)  # those still waiting for the backend
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

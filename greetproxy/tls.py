@@ -1,13 +1,11 @@
-"""TLS: the contexts built from the configured files, the STARTTLS upgrade of a stream, and what
-a session reports about the TLS it got."""
+"""TLS: the contexts built from the configured files, and what a session reports about the TLS it
+got. The STARTTLS upgrades themselves are the relay's (client side) and the backend link's."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 from dataclasses import dataclass
-
-from .dialogue import new_streams
 
 
 class TlsSetupError(Exception):
@@ -74,49 +72,6 @@ class TlsInfo:
 
     def fields(self) -> dict[str, object]:
         return {"tls_version": self.version, "tls_cipher": self.cipher}
-
-
-class TlsStreamWriter(asyncio.StreamWriter):
-    """Keeps the plain-text writer alive: StreamWriter.__del__ closes its transport, and that
-    transport carries the TLS records."""
-
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        protocol: asyncio.StreamReaderProtocol,
-        reader: asyncio.StreamReader,
-        plain: asyncio.StreamWriter,
-    ) -> None:
-        super().__init__(transport, protocol, reader, asyncio.get_running_loop())
-        self.plain = plain
-
-
-async def start_tls(
-    writer: asyncio.StreamWriter,
-    context: ssl.SSLContext,
-    timeout: float,
-    server_hostname: str | None = None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Upgrade the connection (as the server unless ``server_hostname`` is given) onto fresh streams.
-
-    A fresh reader, not the old one: whatever the peer pipelined after STARTTLS in plain text stays
-    in the old reader and is dropped with it, never read as if it had come inside TLS (the STARTTLS
-    command-injection family, CVE-2021-38371, CVE-2024-34083). Raises ssl.SSLError, OSError or
-    TimeoutError if the handshake fails; the connection is closed then."""
-    loop = asyncio.get_running_loop()
-    await writer.drain()
-    reader, protocol = new_streams(loop)
-    transport = await loop.start_tls(
-        writer.transport,
-        protocol,
-        context,
-        server_side=server_hostname is None,
-        server_hostname=server_hostname,
-        ssl_handshake_timeout=timeout,
-    )
-    if transport is None:  # the peer hung up during the handshake
-        raise ConnectionResetError("connection closed during the TLS handshake")
-    return reader, TlsStreamWriter(transport, protocol, reader, writer)
 
 
 def describe_failure(error: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import string
+import time
 from datetime import datetime
 
 MAX_HELO = 255
@@ -34,10 +35,21 @@ def received_header(
     when: datetime | None = None,
 ) -> bytes:
     """``tls``: a comment on the session's TLS, such as ``(version=TLSv1.3 cipher=... bits=256)``."""
-    date = email.utils.format_datetime(when or datetime.now().astimezone())
+    date = email.utils.format_datetime(when) if when is not None else _now()
     tls_line = f"\t{tls}\r\n" if tls else ""
     return (
         f"Received: from {clean_helo(helo)} ({address_literal(client_ip)})\r\n{tls_line}"
         f"\tby {hostname} (greetproxy) with {protocol} id {session_id};\r\n"
         f"\t{date}\r\n"
     ).encode()
+
+
+_date = (0, "")  # (second, its RFC 5322 date): formatting costs more than the rest of the header
+
+
+def _now() -> str:
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, email.utils.format_datetime(datetime.fromtimestamp(second).astimezone()))
+    return _date[1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|$)")
 # RFC 5321 reply text is printable (TAB allowed; UTF-8 under SMTPUTF8). sendmail echoes client
@@ -17,18 +17,20 @@ class ReplyError(Exception):
     """The backend sent something that is not an SMTP reply."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     code: int
     lines: tuple[bytes, ...]  # the text of each line, after "NNN-" or "NNN "
+    raw: bytes = field(default=b"", compare=False, repr=False)  # as the client gets it
 
-    @property
-    def raw(self) -> bytes:
-        head = str(self.code).encode()
-        last = len(self.lines) - 1
-        return b"".join(
-            head + (b" " if index == last else b"-") + text + b"\r\n" for index, text in enumerate(self.lines)
-        )
+    def __post_init__(self) -> None:
+        if not self.raw:
+            head = str(self.code).encode()
+            last = len(self.lines) - 1
+            self.raw = b"".join(
+                head + (b" " if index == last else b"-") + text + b"\r\n"
+                for index, text in enumerate(self.lines)
+            )
 
     @property
     def text(self) -> str:
@@ -53,6 +55,7 @@ class ReplyParser:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._lines: list[bytes] = []
+        self._raw: list[bytes] = []  # each line as the client gets it
         self._code = 0
 
     def feed(self, data: bytes) -> None:
@@ -79,10 +82,15 @@ class ReplyParser:
                 raise ReplyError(f"reply code changed inside a multi-line reply: {line[:80]!r}")
             self._code = code
             text = line[4:]
-            self._lines.append(_CONTROL.sub(b"?", text) if _CONTROL.search(text) else text)
+            if _CONTROL.search(text):
+                text = _CONTROL.sub(b"?", text)
+                line = line[:4] + text
+            final = match.group(2) != b"-"
+            self._lines.append(text)
+            self._raw.append(line + b"\r\n" if len(line) > 3 else line + b" \r\n")
             if len(self._lines) > MAX_REPLY_LINES:
                 raise ReplyError("multi-line reply with too many lines")
-            if match.group(2) != b"-":
-                done = Reply(code, tuple(self._lines))
-                self._lines = []
+            if final:
+                done = Reply(code, tuple(self._lines), b"".join(self._raw))
+                self._lines, self._raw = [], []
                 return done
