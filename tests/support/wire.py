@@ -63,7 +63,7 @@ class FakeTransport(asyncio.Transport):
         return self._extra.get(name, default)
 
 
-def test_proxy(**variables: str) -> Proxy:
+def unstarted_proxy(**variables: str) -> Proxy:
     """A Proxy built from ``variables`` (GREETPROXY_ names without the prefix, lower case); not
     started: nothing listens, the backend is never contacted."""
     environ = {"GREETPROXY_HOSTNAME": "proxy.example.test", "GREETPROXY_PASS_TTL": "0"}
