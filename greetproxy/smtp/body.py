@@ -17,7 +17,7 @@ BARE_NEWLINE = "bare CR or LF in message text"
 LONG_LINE = f"message text line longer than {TEXT_LINE_LIMIT} octets"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BodyStep:
     forward: bytes  # clean text for the backend now; ends with ".\r\n" when done and clean
     done: bool  # the client's end of data was seen

@@ -12,7 +12,7 @@ class Ending(enum.Enum):
     TOO_LONG = "too_long"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Line:
     text: bytes  # without its terminator; for TOO_LONG, the first `limit` bytes
     ending: Ending
@@ -51,6 +51,8 @@ class LineSplitter:
         return rest
 
     def next_line(self) -> Line | None:
+        if self._start == len(self._buffer):
+            return None
         while True:
             end = self._buffer.find(b"\n", self._start)
             if not self._discarding:

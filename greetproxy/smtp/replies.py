@@ -9,6 +9,7 @@ _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|$)")
 # RFC 5321 reply text is printable (TAB allowed; UTF-8 under SMTPUTF8). sendmail echoes client
 # bytes with their 8th bit stripped, so 0x8d from a client comes back as a bare CR.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CLEAN_FINAL_LINE = re.compile(rb"([2-5][0-9][0-9]) ([^\x00-\x08\x0a-\x1f\x7f]*)\r\n")
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 200
 
@@ -66,6 +67,14 @@ class ReplyParser:
         return bool(self._buffer)
 
     def next_reply(self) -> Reply | None:
+        if not self._buffer:
+            return None
+        if not self._lines:  # the common case, a whole one-line reply with clean text, at once
+            whole = _CLEAN_FINAL_LINE.match(self._buffer)
+            if whole is not None and whole.end() <= MAX_REPLY_LINE:
+                code, text, raw = whole.group(1, 2, 0)  # before the buffer moves under the match
+                del self._buffer[: len(raw)]
+                return Reply(int(code), (text,), raw)
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
