@@ -28,8 +28,8 @@ class Watchdog:
 
     __slots__ = ("limit", "waiting", "since", "_expired", "_loop", "_handle")
 
-    def __init__(self, limit: float, expired: Callable[[str], None]) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: float, expired: Callable[[str], None]) -> None:
+        self._loop = loop
         self.limit = limit
         self.waiting: str | None = None  # "client" or "backend"
         self.since = 0.0
@@ -74,7 +74,7 @@ class Conversation(asyncio.Protocol):
         self.client_eof = False  # the client sends nothing more
         self.stop_requested = False
         self.ended = False
-        self.watchdog = Watchdog(proxy.config.command_timeout, self._expired)
+        self.watchdog = Watchdog(proxy.loop, proxy.config.command_timeout, self._expired)
 
     def begin(self, transport: asyncio.Transport, greeting: bytes, held: bytes = b"") -> None:
         """Take the connection over (from the gate): greet, then answer what came meanwhile."""

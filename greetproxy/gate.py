@@ -23,7 +23,7 @@ from .relay import RelaySession
 from .screening import Action, Finding, Verdict
 from .screening.access import AccessAction
 from .screening.dnsbl import DnsblScore
-from .screening.pregreet import Pregreet, escape
+from .screening.pregreet import Pregreet
 from .session import Session
 from .shared import SharedAnswer, StateUnavailable
 from .smtp.replies import reply
@@ -88,7 +88,7 @@ class Gate(asyncio.Protocol):
         if self.proxy.behind_balancer(self.session.client_ip):
             self.header = ProxyHeader()
             timeout = self.proxy.config.proxy_protocol_timeout
-            self.timer = asyncio.get_running_loop().call_later(timeout, self._header_late)
+            self.timer = self.proxy.loop.call_later(timeout, self._header_late)
             return
         self._begin()
 
@@ -111,11 +111,12 @@ class Gate(asyncio.Protocol):
         if refused is not None and not config.dry_run:
             self._turn_away(refused)
             return
-        local = str(self.transport.get_extra_info("sockname")[0])
-        if entry is None:
-            self.session.log.info("connect", local=local)
-        else:
-            self.session.log.info("connect", local=local, access=access.value, access_entry=entry.source)
+        if self.session.log.is_enabled_for(logging.INFO):  # the local address costs a system call
+            local = str(self.transport.get_extra_info("sockname")[0])
+            if entry is None:
+                self.session.log.info("connect", local=local)
+            else:
+                self.session.log.info("connect", local=local, access=access.value, access_entry=entry.source)
         if refused is not None:
             self.session.log.info("dry_run", would="reject", reason=refused)
         if access is AccessAction.REJECT:
@@ -130,7 +131,7 @@ class Gate(asyncio.Protocol):
         if access is AccessAction.PERMIT:
             self.via = "permit"
         elif shared is not None:
-            self.fleet = asyncio.get_running_loop().create_task(
+            self.fleet = self.proxy.loop.create_task(
                 shared.admit(self.session.id, ip, proxy.cache_key(ip), limits=True, dry_run=config.dry_run)
             )
             self.fleet.add_done_callback(self._fleet_answered)
@@ -141,7 +142,7 @@ class Gate(asyncio.Protocol):
             self.dns.add_done_callback(self._dns_answered)
         if config.greet_banner:
             self._write(f"220-{config.hostname} {config.greet_banner}\r\n".encode())
-        loop = asyncio.get_running_loop()
+        loop = self.proxy.loop
         self.waiting = True
         if self.via != "tests":
             pause = proxy.wait_begins(0.0)
@@ -221,7 +222,7 @@ class Gate(asyncio.Protocol):
     def _proxy_failure(self, error: str, sample: bytes) -> None:
         """A load balancer that does not speak the PROXY protocol (a configuration mistake, or
         someone else at its address): nothing is answered, the connection closes."""
-        self.session.log.warning("proxy_protocol_error", error=error, sample=escape(sample))
+        self.session.log.warning("proxy_protocol_error", error=error, sample=sample)
         self.session.finish("proxy_protocol_error")
         self.transport.abort()
 
@@ -282,7 +283,7 @@ class Gate(asyncio.Protocol):
         self.via = via
         if self.timer is not None:
             self.timer.cancel()
-            self.banner_at = asyncio.get_running_loop().time()
+            self.banner_at = self.proxy.loop.time()
             self.banner_due = time.monotonic()
             self._pause_over()
         elif self.lookups_waiting:
@@ -296,7 +297,7 @@ class Gate(asyncio.Protocol):
             "pregreet",
             bytes=self.pregreet.count,
             after=round(self.pregreet.after, 3),
-            sample=escape(self.pregreet.sample),
+            sample=self.pregreet.sample,
             action=self.proxy.pregreet_action.name.lower(),
         )
 
@@ -314,7 +315,7 @@ class Gate(asyncio.Protocol):
         if verdict.passed:
             self.queued = self.proxy.spawn(self._pass_on())
         elif verdict.action is Action.ENFORCE:  # greeted when the pause is over, like everyone
-            self.timer = asyncio.get_running_loop().call_at(self.banner_at, self._act, verdict)
+            self.timer = self.proxy.loop.call_at(self.banner_at, self._act, verdict)
         else:
             self._act(verdict)
 

@@ -32,7 +32,7 @@ def configure(
     if log_format == "console":
         # repr() of every string: a client's control characters never reach the terminal raw
         renderer = structlog.dev.ConsoleRenderer(colors=False, repr_native_str=True)
-        processors = [*shared, _cut_long_values, renderer]
+        processors = [*shared, _escape_bytes, _cut_long_values, renderer]
         factory = structlog.PrintLoggerFactory(sys.stdout)
     else:
         processors = [*shared, _json_line]
@@ -44,11 +44,43 @@ def configure(
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    global _base
+    _base = structlog.get_logger("greetproxy").bind()
     # aiosmtpd and asyncio log through the standard library; keep their warnings, as JSON too.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
 
 
 MAX_VALUE = 300  # characters of a string value; clients control many (HELO, addresses, replies)
+_ESCAPES = {0x5C: "\\\\", 0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x00: "\\0"}
+# For str.translate over bytes read as Latin-1: every byte that is not printable ASCII (and the
+# backslash) to its escape, at C speed.
+_ESCAPE_TABLE = {
+    byte: _ESCAPES.get(byte, f"\\x{byte:02x}")
+    for byte in range(256)
+    if byte in _ESCAPES or not 0x20 <= byte < 0x7F
+}
+_base: structlog.typing.FilteringBoundLogger | None = None  # bound once a configuration, see get_logger
+
+
+def escape(data: bytes) -> str:
+    """C-style escapes for everything that is not printable ASCII: how bytes a client sent (an
+    event's ``bytes`` values) are logged, escaped only if the event is logged at all."""
+    return data.decode("latin-1").translate(_ESCAPE_TABLE)
+
+
+def _render_value(value: object) -> str:
+    """orjson's fallback: bytes escaped (and cut like other strings), anything else as repr()."""
+    text = escape(value) if isinstance(value, bytes | bytearray) else repr(value)
+    return text if len(text) <= MAX_VALUE else f"{text[:MAX_VALUE]}...(+{len(text) - MAX_VALUE} chars)"
+
+
+def _escape_bytes(_: object, __: str, event: EventDict) -> EventDict:
+    for key, value in event.items():
+        if isinstance(value, bytes | bytearray):
+            event[key] = escape(value)
+    return event
+
+
 _LEVEL_NAMES = {"warn": "warning", "exception": "error"}
 _second = (0, "")  # a whole second and its ISO form: formatting it is most of a timestamp's cost
 
@@ -69,8 +101,10 @@ def _level_and_time(_: object, method: str, event: EventDict) -> EventDict:
 def _json_line(_: object, method: str, event: EventDict) -> bytes:
     """The event as a JSON line, its long strings cut; a line no longer than MAX_VALUE can have
     none, and most are that short, so the values are looked at only when the line is longer."""
-    line = orjson.dumps(event, default=repr)
-    return line if len(line) <= MAX_VALUE else orjson.dumps(_cut_long_values(_, method, event), default=repr)
+    line = orjson.dumps(event, default=_render_value)
+    if len(line) <= MAX_VALUE:
+        return line
+    return orjson.dumps(_cut_long_values(_, method, event), default=_render_value)
 
 
 def _cut_long_values(_: object, __: str, event: EventDict) -> EventDict:
@@ -98,4 +132,15 @@ def _below(threshold: int) -> Processor:
 
 
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger("greetproxy", **context)
+    """A logger with ``context`` bound. Once configured, bound from one logger made then: a lazy
+    structlog proxy per connection costs twice as much to make, and again at every call."""
+    if _base is None:
+        return structlog.get_logger("greetproxy", **context)
+    return _base.bind(**context)
+
+
+def follow_configuration() -> None:
+    """From now on, loggers are structlog's lazy proxies, which follow a later change of its
+    configuration (tests that capture events with structlog.testing.capture_logs)."""
+    global _base
+    _base = None

@@ -98,7 +98,8 @@ class BackendSlots:
 
 
 class BackendPool:
-    def __init__(self, config: Settings, tls: BackendTls | None = None) -> None:
+    def __init__(self, config: Settings, tls: BackendTls | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.config = config
         self.tls = tls
         self.slots = BackendSlots(config.backend_max_connections)
@@ -120,7 +121,7 @@ class BackendPool:
         """
         if not self.ready:
             raise BackendFailure("the open-relay check of the backend has not passed yet")
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         started = loop.time()
         ahead = self.slots.queued
         must_wait = ahead > 0 or self.slots.in_use >= self.slots.limit
@@ -148,7 +149,7 @@ class BackendPool:
 
     async def connect(self, session: Session, slot: Slot) -> BackendLink:
         """Connect and read the greeting, retrying refusals and timeouts within the connect timeout."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         config = self.config
         deadline = loop.time() + config.backend_connect_timeout
         backoff = RETRY_FIRST
@@ -175,7 +176,7 @@ class BackendPool:
     async def _attempt(self, timeout: float) -> BackendLink:
         """One connect, as one of at most ``backend_connects`` in flight: more would overflow the
         backend's listen queue (sendmail's is 10), and the kernel would drop the extra SYNs."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         started = loop.time()
         try:
             permit = await self.connecting.acquire(timeout)
@@ -196,7 +197,7 @@ class BackendPool:
         link.close()
         assert slot is not None
         try:
-            await asyncio.sleep(self.pacer.reserve(asyncio.get_running_loop().time()))
+            await asyncio.sleep(self.pacer.reserve(self.loop.time()))
         except BaseException:
             slot.release()
             raise

@@ -63,6 +63,9 @@ class StartupError(Exception):
 
 class Proxy:
     def __init__(self, config: Settings, metrics: Metrics | None = None) -> None:
+        # Built inside the running loop. Kept: asyncio.get_running_loop() costs a getpid() system
+        # call on Python 3.11, and every connection needs the loop.
+        self.loop = asyncio.get_running_loop()
         self.config = config
         self.metrics = metrics
         self.pregreet_action = Action.named(config.pregreet_action)
@@ -72,7 +75,7 @@ class Proxy:
         self.connections: set[Connection] = set()
         try:
             self.tls = self._server_tls()
-            self.pool = BackendPool(config, BackendTls.from_config(config))
+            self.pool = BackendPool(config, BackendTls.from_config(config), self.loop)
         except TlsSetupError as error:
             raise StartupError(str(error), status=2) from None
         self.jitter = config.jitter_seconds
@@ -183,7 +186,7 @@ class Proxy:
         self.stress.update(self.waiting)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = self.loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

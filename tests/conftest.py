@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trustme
 
+from greetproxy import logs
 from tests.support.fleet import RedisServer, fleet_tools_missing
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.sendmail import DEBIAN_STOCK_ACCESS, Sendmail, sendmail_available
@@ -27,6 +28,13 @@ def started_sendmail(
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def loggers_follow_configuration() -> None:
+    """In-process tests capture events (structlog.testing.capture_logs) after a test that called
+    logs.configure may have run: loggers must follow the configuration of the moment."""
+    logs.follow_configuration()
 
 
 @pytest.fixture(scope="session")

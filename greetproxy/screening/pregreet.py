@@ -8,8 +8,6 @@ from . import Action, Finding
 
 SAMPLE_LIMIT = 100  # bytes shown in the log, as postscreen does
 
-_ESCAPES = {0x5C: "\\\\", 0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x00: "\\0"}
-
 
 @dataclass(slots=True)
 class Pregreet:
@@ -24,10 +22,3 @@ class Pregreet:
 
     def finding(self, action: Action) -> Finding:
         return Finding("pregreet", action, f"{self.count} bytes after {self.after:.3f}s")
-
-
-def escape(data: bytes) -> str:
-    """C-style escapes for everything that is not printable ASCII."""
-    return "".join(
-        _ESCAPES.get(byte) or (chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}") for byte in data
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -45,8 +46,9 @@ class Reply:
         return f"{self.code} {self.text}"
 
 
+@functools.lru_cache(maxsize=256)
 def reply(code: int, text: str) -> bytes:
-    """One line of the proxy's own reply."""
+    """One line of the proxy's own reply (the same few, over and over: kept once made)."""
     return f"{code} {text}\r\n".encode()
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from greetproxy.logs import escape
 from greetproxy.screening import Action, Finding, Verdict, decide
-from greetproxy.screening.pregreet import SAMPLE_LIMIT, Pregreet, escape
+from greetproxy.screening.pregreet import SAMPLE_LIMIT, Pregreet
 
 
 def test_sample_is_capped_at_100_bytes_over_several_adds_and_count_is_the_total() -> None:
