@@ -98,7 +98,7 @@ def main() -> int:
 
 
 class Backend(Protocol):
-    port: int  # on 127.0.0.1: a Sendmail, or bench.sink's Sink
+    port: int  # on 127.0.0.1: a Sendmail, or a bench.sink ServerProcess
 
 
 def proxy_for(backend: Backend, pause: float, prefix: Sequence[str] = (), **extra: str) -> ProxyProcess:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from bench.core import Backend, proxy_for, wait_listening
 from bench.load import Event, Generator, Plan, run_generator
-from bench.sink import Sink
+from bench.sink import ServerProcess
 from bench.system import listen_overflows, raise_file_limit
 from tests.support.proxy import LOOPBACK_SCREENED, ProxyProcess, free_port
 from tests.support.sendmail import Sendmail
@@ -36,7 +36,7 @@ class Services:
         self.progress = progress
         self._stack = contextlib.ExitStack()
         self._sendmail: Sendmail | None = None
-        self._sink: Sink | None = None
+        self._sink: ServerProcess | None = None
         self._names = 0
         self.file_limit = raise_file_limit()  # (soft, hard): what each generator process may open
 
@@ -60,11 +60,21 @@ class Services:
             self._sendmail = sendmail
         return self._sendmail
 
-    def sink(self) -> Sink:
+    def sink(self) -> ServerProcess:
         if self._sink is None:
-            self._sink = Sink().start()
+            self._sink = ServerProcess("bench.sink").start()
             self._stack.callback(self._sink.stop)
         return self._sink
+
+    @contextlib.contextmanager
+    def floor(self, kind: str, backend: Backend | None = None) -> Iterator[ServerProcess]:
+        """A bench.floor baseline: ``drop``, or ``relay`` in front of ``backend``."""
+        arguments = ["--backend", str(backend.port)] if backend is not None else []
+        server = ServerProcess("bench.floor", kind, *arguments).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
     @contextlib.contextmanager
     def greet_pause_sendmail(self, pause: float) -> Iterator[Sendmail]:

@@ -60,27 +60,26 @@ async def serve(port: int) -> None:
     print(json.dumps({"event": "stopped", "messages": handler.messages}), flush=True)
 
 
-class Sink:
-    """The sink as a child process; ``port`` as for a Sendmail."""
+class ServerProcess:
+    """A bench server as a child process (``python3 -m <module> --port N ...``) on a free loopback
+    port; started once it printed its ready line. ``port`` as for a Sendmail."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str, *arguments: str) -> None:
         self.port = free_port()
+        self.command = [sys.executable, "-m", module, "--port", str(self.port), *arguments]
         self.process: subprocess.Popen[str] | None = None
 
-    def start(self, timeout: float = 15) -> Sink:
+    def start(self, timeout: float = 15) -> ServerProcess:
+        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.sink", "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            self.command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=environment
         )
         assert self.process.stdout is not None
         readable, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline() if readable else ""  # one whole line, or EOF
         if '"ready"' not in line:
             self.stop()
-            raise RuntimeError(f"the sink did not start: {line!r}")
+            raise RuntimeError(f"{' '.join(self.command[1:4])} did not start: {line!r}")
         return self
 
     @property

@@ -20,6 +20,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import logs
 from .backend import BackendTls
 from .config import Endpoint, Settings
 from .gate import Gate
@@ -419,6 +420,7 @@ class Proxy:
 
     async def serve(self, notifier: Notifier) -> int:
         await self.start()
+        logs.batch_in(self.loop)
         # What start made lives as long as the process: the collector need not walk it again on
         # every full collection (each one evicts the relay's working set from the CPU caches).
         gc.freeze()
@@ -432,6 +434,7 @@ class Proxy:
         await self.stopped()
         notifier.send("STOPPING=1")
         await self.shutdown()
+        logs.batch_in(None)
         return self.exit_status
 
     async def shutdown(self) -> None:
