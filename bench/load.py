@@ -216,6 +216,8 @@ class Run:
         self.outcomes: dict[str, Counter[str]] = {kind: Counter() for kind in plan.mix}
         self.banner: list[float] = []
         self.delivered: Counter[str] = Counter()
+        self.delivered_at: list[float] = []  # when each message had its 250
+        self.first_done = 0.0  # when the first sender had its last message's 250: all ran until then
         self.lags: list[float] = []
         self.late: list[float] = []  # arrivals behind their schedule, seconds
         self.connects: list[float] = []  # seconds each connect took
@@ -339,6 +341,8 @@ class Run:
                 if failed := await expect(message(number, self.plan.size), 250, "dot"):
                     return failed
                 self.delivered["legit"] += 1
+                self.delivered_at.append(time.monotonic())
+            self.first_done = self.first_done or time.monotonic()
             await expect(b"QUIT\r\n", 221, "quit")
             return "delivered"
         finally:
@@ -455,6 +459,15 @@ class Run:
                 return
             await asyncio.sleep(0.05)
 
+    def _steady(self, began: float) -> dict[str, float]:
+        """Messages a second while every sender was at work: from the start to the first sender's
+        last message (after it, fewer senders share the backend, and the rate says less)."""
+        if not self.first_done or self.first_done <= began:
+            return {"messages": 0, "seconds": 0.0, "rate": 0.0}
+        count = sum(1 for at in self.delivered_at if at <= self.first_done)
+        seconds = self.first_done - began
+        return {"messages": count, "seconds": round(seconds, 3), "rate": count / seconds}
+
     async def _barrier(self) -> None:
         """Wait until every sender has greeted (or ended), bounded in time."""
         deadline = time.monotonic() + min(self.plan.timeout, 60)
@@ -511,6 +524,7 @@ class Run:
                 "banner": [round(value, 5) for value in self.banner],
                 "delivered": dict(self.delivered),
                 "wall": round(wall, 3),
+                "steady": self._steady(began),
                 "arrivals_late_p99": round(percentile(self.late, 99), 4) if self.late else 0.0,
                 **self._connect_figures(),
                 "watch": {

@@ -242,7 +242,7 @@ class RelaySession(Conversation):
     def _start_text(self) -> None:
         """After the backend's 354: what the client sends is message text until its end of data."""
         self.text = BodyScanner()
-        self.header = self._received()  # goes out with the first text, saving a write
+        self.header = self._received()
         self._message_text(self.lines.take_buffer())
 
     def _message_text(self, data: bytes) -> None:
@@ -250,7 +250,7 @@ class RelaySession(Conversation):
         assert scanner is not None
         self.watchdog.begin("backend" if self.backend_full else "client")
         step = scanner.feed(data)
-        if step.forward or self.header:
+        if step.forward:  # the header goes with the first text: one write, one wake-up of the backend
             try:
                 self.backend.write(self.header + step.forward)
             except BackendFailure as failure:
