@@ -294,9 +294,8 @@ def result(
     overflowed = [row for row in proxy_rows if row["listen_overflows"]]
     if overflowed:
         notes.append(
-            f"greetproxy listens with a backlog of {proxy_rows[0]['backlog']} (asyncio's create_server "
-            "default, whatever listen() the proxy asked for): while the clients connected, 100 at a time, "
-            "its accept queue overflowed ("
+            f"greetproxy listens with a backlog of {proxy_rows[0]['backlog']}: while the clients connected, "
+            "100 at a time, the accept queue overflowed ("
             + ", ".join(f"{row['listen_overflows']:,} at {row['n']:,}" for row in overflowed)
             + " ; machine-wide count) and as many connects waited 1 s for a SYN retry"
         )

@@ -100,7 +100,7 @@ class Conversation(asyncio.Protocol):
         self.proxy.swap(previous, self)
         self.transport.set_protocol(self)
         self.on_command(*first)  # counted and checked already
-        if not self.busy and not self._too_many_errors():
+        if not (self.busy or self.ended or self._too_many_errors()):
             self.work()
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -155,7 +155,7 @@ class Conversation(asyncio.Protocol):
                 self._await_client()
                 return
             self._command(line)
-            if not self.busy:
+            if not (self.busy or self.ended):
                 self._too_many_errors()
 
     def _command(self, line: Line) -> None:

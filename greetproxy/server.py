@@ -46,6 +46,9 @@ DNSBL_SELF_TEST_EVERY = 600.0
 RELAY_CHECK_RETRY = 5.0  # seconds between open-relay checks while the backend is unreachable
 TASK_WIND_DOWN = 5.0  # after the grace: how long sessions get to send their 421
 FILE_RESERVE = 32  # descriptors kept for everything but connections: the cache, DNS, logs, metrics
+# Connections the kernel completes before the proxy accepts them: a burst of clients (a restart, an
+# MX failing over) must not overflow the queue, or each extra client waits 1 s for a SYN retry.
+LISTEN_BACKLOG = 4096
 
 
 class Connection(Protocol):
@@ -246,7 +249,9 @@ class Proxy:
             await self._check_relay(first=True)
         loop = asyncio.get_running_loop()
         for sock in sockets:
-            self._servers.append(await loop.create_server(lambda: Gate(self), sock=sock))
+            # create_server listens again, with its own backlog (100 unless told): say it again
+            server = await loop.create_server(lambda: Gate(self), sock=sock, backlog=LISTEN_BACKLOG)
+            self._servers.append(server)
         if self.metrics is not None:
             self._serve_metrics(self.metrics)
         self.log.info(
@@ -484,7 +489,7 @@ def listening_socket(endpoint: Endpoint, reuse_port: bool = False) -> socket.soc
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # [::] beside 0.0.0.0 on one port
         sock.bind((endpoint.host, endpoint.port))
-        sock.listen(4096)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError as error:
         sock.close()

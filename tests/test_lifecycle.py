@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 import smtplib
+import subprocess
 import time
 
 import pytest
 
+from greetproxy.server import LISTEN_BACKLOG
 from tests.conftest import proxy_env
 from tests.support.client import RawClient, holding
 from tests.support.proxy import ProxyProcess, free_port, run_once
@@ -97,6 +99,15 @@ def test_bad_config_exits_2_naming_the_variable(variable, value):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"GREETPROXY_{variable}" in lines[0] and value in lines[0]
+
+
+def test_the_listening_socket_keeps_its_backlog(proxy):
+    """asyncio's create_server listens again with a backlog of 100 unless told otherwise; a burst
+    of clients would overflow that queue and wait a second each for a SYN retry."""
+    listed = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{proxy.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(listed[2]) == LISTEN_BACKLOG == 4096  # ss shows a listener's backlog as its Send-Q
 
 
 def test_listen_failure_is_a_clear_error(proxy, backend):
