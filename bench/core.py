@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.load import Event, Plan, run_plan
+from bench.load import Event, Plan, run_plan, senders_plan
 from bench.system import cpu_seconds
 from tests.support.load import read_reply
 from tests.support.proxy import ProxyProcess, free_port
@@ -52,20 +52,9 @@ async def banner_figures(port: int, pause: float, connections: int) -> list[floa
 
 
 async def throughput(port: int, senders: int, messages: int, size: int = 0) -> float:
-    """Messages per second for ``senders`` concurrent sessions from 127.0.0.2 delivering ``messages``
-    messages of ``size`` bytes each; only the messages are timed, once every sender has greeted."""
-    plan = Plan(
-        port,
-        {"polite": 1},
-        senders,
-        duration=60,
-        concurrency=senders,
-        sources=["127.0.0.2"],
-        messages=messages,
-        size=size,
-        barrier=True,
-        timeout=300,
-    )
+    """Messages per second for ``senders`` concurrent sessions delivering ``messages`` messages of
+    ``size`` bytes each (see senders_plan)."""
+    plan = senders_plan(port, senders, messages, size)
     result = await run_plan(plan)
     delivered_all(result)
     return float(result["steady"]["rate"])  # while every sender was at work

@@ -206,7 +206,10 @@ def sendmail_row(services: Services, sendmail: Sendmail, count: int, pause: floa
     troubles = [
         line
         for line in sendmail.log()[logged:].splitlines()
-        if any(word in line.lower() for word in ("fork", "cannot", "error", "too many", "refus"))
+        if any(
+            word in line.lower()
+            for word in ("fork", "cannot", "error", "too many", "refus", "rejecting", "load average")
+        )
     ]
     row["log_troubles"] = len(troubles)
     row["log_sample"] = troubles[:3]

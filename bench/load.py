@@ -36,7 +36,6 @@ import json
 import os
 import random
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import percentile
-from bench.system import cpu_seconds, meminfo_kb, own_cpu_seconds, raise_file_limit, tasks
+from bench.system import cpu_seconds, meminfo_kb, own_cpu_seconds, raise_file_limit, tasks, terminate
 from tests.support.load import read_reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +100,25 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls(**json.loads(text))
+
+
+def senders_plan(port: int, senders: int, messages: int, size: int = 0, watch: Sequence[int] = ()) -> Plan:
+    """``senders`` polite senders from 127.0.0.2 (the proxy's backend source address, so that a
+    backend treats direct senders and the proxy alike), one session each, delivering ``messages``
+    messages of ``size`` bytes; only the messages are timed, once every sender has greeted."""
+    return Plan(
+        port,
+        {"polite": 1},
+        senders,
+        duration=60,
+        concurrency=senders,
+        sources=["127.0.0.2"],
+        messages=messages,
+        size=size,
+        barrier=True,
+        timeout=300,
+        watch=list(watch),
+    )
 
 
 def kind_sequence(mix: Mapping[str, float]) -> Iterator[str]:
@@ -611,13 +629,7 @@ class Generator:
         return self.errors.read().decode(errors="replace")[-2000:]
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.errors.close()
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.core import delivered_all
-from bench.load import Plan
+from bench.load import senders_plan
 from bench.report import Result, figure, table
 from bench.services import Services, log_errors
 
@@ -71,19 +71,7 @@ def timed_run(
     services: Services, port: int, watch: int | None, messages: int, size: int, label: str
 ) -> dict[str, Any]:
     """One run of the senders; ``watch``: the process whose CPU time per message is wanted."""
-    plan = Plan(
-        port,
-        {"polite": 1},
-        SENDERS,
-        duration=30,
-        concurrency=SENDERS,
-        sources=["127.0.0.2"],
-        messages=messages,
-        size=size,
-        barrier=True,
-        timeout=300,
-        watch=[watch] if watch else [],
-    )
+    plan = senders_plan(port, SENDERS, messages, size, [watch] if watch else [])
     result = services.load(plan, label)
     delivered_all(result)
     count = result["delivered"]["legit"]
