@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import percentile
-from bench.system import cpu_seconds, meminfo_kb, own_cpu_seconds, raise_file_limit, tasks, terminate
+from bench.system import cpu_seconds, meminfo_kb, own_cpu_seconds, raise_file_limit, tasks
 from tests.support.load import read_reply
+from tests.support.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("polite", "pipelining", "slow", "early", "midpause", "idle")

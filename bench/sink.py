@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.system import terminate
+from tests.support.processes import terminate
 from tests.support.proxy import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

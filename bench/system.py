@@ -8,22 +8,9 @@ import platform
 import re
 import resource
 import select
-import signal
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-
-def terminate(process: subprocess.Popen[Any], timeout: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; reaped either way."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -76,8 +76,7 @@ def escape(data: bytes) -> str:
 
 def _render_value(value: object) -> str:
     """orjson's fallback: bytes escaped (and cut like other strings), anything else as repr()."""
-    text = escape(value) if isinstance(value, bytes | bytearray) else repr(value)
-    return text if len(text) <= MAX_VALUE else f"{text[:MAX_VALUE]}...(+{len(text) - MAX_VALUE} chars)"
+    return _cut(escape(value) if isinstance(value, bytes | bytearray) else repr(value))
 
 
 def _escape_bytes(_: object, __: str, event: EventDict) -> EventDict:
@@ -116,8 +115,12 @@ def _json_line(_: object, method: str, event: EventDict) -> bytes:
 def _cut_long_values(_: object, __: str, event: EventDict) -> EventDict:
     for key, value in event.items():
         if isinstance(value, str) and len(value) > MAX_VALUE and key != "traceback":
-            event[key] = f"{value[:MAX_VALUE]}...(+{len(value) - MAX_VALUE} chars)"
+            event[key] = _cut(value)
     return event
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_VALUE else f"{text[:MAX_VALUE]}...(+{len(text) - MAX_VALUE} chars)"
 
 
 def _add_worker(index: int) -> Processor:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support.processes import terminate
 from tests.support.proxy import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -70,13 +71,8 @@ class RedisServer:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
@@ -120,13 +116,8 @@ class HAProxy:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
 
 
 class RedisSentinel:
@@ -153,6 +144,5 @@ class RedisSentinel:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        if self.process is not None:
+            terminate(self.process)
